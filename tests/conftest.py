@@ -1,0 +1,44 @@
+"""Shared fixtures: the real default tokenizer (cached once per machine) and tiny random models."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from negalign.models import load_tokenizer
+
+    return load_tokenizer("default")
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    """A 2-layer Llama with the default tokenizer's vocabulary (random weights, about 3 M params)."""
+    from negalign.models import tiny_llama
+
+    return tiny_llama(tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A saved tiny model folder (safetensors + tokenizer) that `load_model` accepts."""
+    from negalign.models import tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny_model")
+    model = tiny_llama(tokenizer, seed=0)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
