@@ -135,6 +135,8 @@ def test_bad_settings_are_user_errors():
     with pytest.raises(UserError) as err:
         compute_objective("npo", group(with_ref=False), {})
     assert err.value.field == "method" and "reference" in str(err.value)
+    with pytest.raises(UserError, match="needs anchors"):
+        compute_objective("d2o", group(k_slice=slice(0, 0)), {})
 
 
 def test_group_shape_checks():

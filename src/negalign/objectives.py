@@ -201,6 +201,9 @@ def compute_objective(name: str, logps: GroupLogps, hp: dict | None = None) -> t
     if objective.needs_reference and not logps.has_reference:
         raise UserError(f"method {name!r} needs reference log-probs (ref_anchor and ref_negative)",
                         field="method")
+    if objective.needs_anchors and logps.policy_anchor.shape[1] == 0:
+        # Shape check only: single groups without anchors are allowed, a batch without any is a setup error.
+        raise UserError(f"method {name!r} needs anchors (sample them first), got K = 0", field="method")
     loss = objective.fn(logps, full)
     return loss, _metrics(logps, full, full[objective.reward_coef], name)
 
