@@ -1,0 +1,86 @@
+"""Build a ChatGenerator from a config entry.
+
+Spec: a dict such as {"backend": "transformers", "model": "default", "batch_size": 32}, or a
+string shorthand: "transformers" | "vllm" | "auto" | "openai:MODEL@BASE_URL" (or a bare
+http(s) URL, which talks to that server with model name "default").
+"""
+
+from __future__ import annotations
+
+from negalign.errors import UserError
+from negalign.generation.base import ChatGenerator
+
+BACKENDS = ("transformers", "vllm", "openai", "auto")
+
+# Keys each backend accepts besides "backend" (the others are named in the error).
+_KEYS = {
+    "transformers": {"model", "batch_size", "progress"},
+    "vllm": {"model", "dtype", "gpu_memory_utilization", "seed", "max_model_len"},
+    "openai": {"model", "base_url", "api_key_env", "timeout", "max_retries", "requests_per_minute",
+               "concurrency", "extra_body", "backoff", "backoff_max"},
+}
+_KEYS["auto"] = _KEYS["transformers"] | _KEYS["vllm"]
+
+
+def parse_spec(spec: str | dict) -> dict:
+    """The dict form of a spec (a copy); string shorthands expanded."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    if not isinstance(spec, str) or not spec:
+        raise UserError(f"must be a backend name or a mapping, got {spec!r}", field="backend")
+    if spec.startswith(("http://", "https://")):
+        return {"backend": "openai", "base_url": spec, "model": "default"}
+    if spec.startswith("openai:"):
+        model, sep, url = spec[len("openai:"):].partition("@")
+        if not sep or not model or not url:
+            raise UserError(f"expected 'openai:MODEL@BASE_URL', got {spec!r}", field="backend")
+        return {"backend": "openai", "model": model, "base_url": url}
+    return {"backend": spec}
+
+
+def make_generator(spec: str | dict, *, model=None, tokenizer=None, where: str | None = None) -> ChatGenerator:
+    """A ChatGenerator for `spec`. `where` (a config file path) is named in errors.
+
+    A loaded `model` (and `tokenizer`) is reused by the transformers backend, never copied;
+    with one given, "auto" stays on transformers, since vLLM would load the weights from disk
+    and miss any in-memory changes. The vllm and openai backends ignore `model`.
+    """
+    spec = parse_spec(spec)
+    backend = spec.pop("backend", "auto")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}", path=where,
+                        field="backend")
+    for key in spec:
+        if key not in _KEYS[backend]:
+            raise UserError(f"unknown key for backend {backend!r}; known: {sorted(_KEYS[backend])}",
+                            path=where, field=key)
+    if backend == "auto":
+        from negalign.generation.vllm_backend import vllm_available
+
+        backend = "vllm" if model is None and vllm_available() else "transformers"
+        spec = {k: v for k, v in spec.items() if k in _KEYS[backend]}
+    if backend == "transformers":
+        return _transformers(spec, model, tokenizer)
+    if backend == "vllm":
+        from negalign.generation.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(spec.pop("model", "default"), tokenizer=tokenizer, **spec)
+    from negalign.generation.openai_backend import OpenAIChatGenerator
+
+    for key in ("base_url", "model"):
+        if not spec.get(key):
+            raise UserError("required for backend 'openai'", path=where, field=key)
+    return OpenAIChatGenerator(spec.pop("base_url"), spec.pop("model"), **spec)
+
+
+def _transformers(spec: dict, model, tokenizer):
+    from negalign.generation.transformers_backend import TransformersGenerator
+    from negalign.models import load_model, load_tokenizer
+
+    name = spec.pop("model", "default")
+    if model is None:
+        model, loaded_tok = load_model(name)
+        tokenizer = tokenizer if tokenizer is not None else loaded_tok
+    elif tokenizer is None:
+        tokenizer = load_tokenizer(name)
+    return TransformersGenerator(model, tokenizer, **spec)

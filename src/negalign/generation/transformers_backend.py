@@ -1,0 +1,242 @@
+"""Local generation with a transformers model: batched across conversations, seeded per sample.
+
+Throughput: each conversation becomes n rows (its samples), rows are sorted by prompt length and
+cut into batches of `batch_size` sequences (left padded), so one forward pass advances many
+samples across conversations and padding waste stays small.
+
+Determinism: sampling does not use the global RNG. Each sample (prompt, index j) gets its own
+noise stream seeded from (config.seed, prompt token ids, j), and a token is drawn with the
+Gumbel-max trick (argmax of log-probs plus Gumbel noise, an exact draw from the
+temperature / top-p distribution). So a sample depends on the seed and its own prompt only, not
+on which other prompts share its batch or on the batch size (up to float rounding of padded
+batches). Two identical conversations in one call get identical samples; ask for `n` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from negalign.data.chat import encode_prompt, end_of_turn_id
+from negalign.data.records import Messages
+from negalign.errors import UserError
+from negalign.generation.base import GenerationConfig
+
+
+@dataclass
+class GenerationStats:
+    tokens: int = 0        # generated tokens, end-of-turn included, padding after it excluded
+    seconds: float = 0.0
+    sequences: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_config(config: GenerationConfig) -> None:
+    """Reject impossible settings with a one-line error naming the field."""
+    if not isinstance(config.n, int) or config.n < 1:
+        raise UserError(f"must be a positive integer, got {config.n!r}", field="n")
+    if config.temperature < 0:
+        raise UserError(f"must be >= 0 (0 means greedy), got {config.temperature!r}", field="temperature")
+    if not 0 < config.top_p <= 1:
+        raise UserError(f"must be in (0, 1], got {config.top_p!r}", field="top_p")
+    if not isinstance(config.max_new_tokens, int) or config.max_new_tokens < 1:
+        raise UserError(f"must be a positive integer, got {config.max_new_tokens!r}", field="max_new_tokens")
+
+
+def sample_seed(seed: int, prompt_ids: list[int], index: int) -> int:
+    """A 63-bit seed for sample `index` of a prompt: stable across machines and batchings."""
+    blob = f"{seed}|{index}|{','.join(map(str, prompt_ids))}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Boolean mask of the tokens outside the smallest set whose probability mass reaches top_p."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = mass_before >= top_p  # the first token always has mass_before = 0: never dropped
+    return torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+
+
+class GumbelSampler:
+    """A logits processor that turns greedy decoding into seeded sampling, one RNG per row.
+
+    argmax(logits / T + Gumbel noise) is an exact draw from softmax(logits / T); restricting to
+    the top-p set first gives nucleus sampling. Rows never share noise, so a row's draws depend
+    only on its own seed and step.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            logits = logits.masked_fill(top_p_mask(logits, self.top_p), float("-inf"))
+        vocab = logits.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
+        uniform = uniform.clamp_(min=1e-20, max=1.0 - 1e-7).to(logits.device)
+        return logits - torch.log(-torch.log(uniform))
+
+
+class TransformersGenerator:
+    """ChatGenerator over a loaded transformers causal LM (plain or PEFT-wrapped).
+
+    batch_size: sequences per `model.generate` call (prompts per call = batch_size // n, at
+    least one). progress: show a tqdm bar with tokens/s. After each call, `last_stats` holds
+    the generated token count and wall time.
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, progress: bool = False):
+        if batch_size < 1:
+            raise UserError(f"must be a positive integer, got {batch_size!r}", field="batch_size")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        self.last_stats = GenerationStats()
+        self.stop_ids = self._stop_ids()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    def __repr__(self) -> str:
+        name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
+        return f"TransformersGenerator(model={name!r}, batch_size={self.batch_size})"
+
+    def _stop_ids(self) -> list[int]:
+        ids = [end_of_turn_id(self.tokenizer)]
+        extra = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for i in extra if isinstance(extra, (list, tuple)) else [extra]:
+            if i is not None and i not in ids:
+                ids.append(int(i))
+        return ids
+
+    def generate(self, conversations: list[Messages], config: GenerationConfig) -> list[list[str]]:
+        check_config(config)
+        start = time.perf_counter()
+        stats = GenerationStats()
+        if not conversations:
+            self.last_stats = stats
+            return []
+        prompts = [encode_prompt(self.tokenizer, conv) for conv in conversations]
+        greedy = config.temperature == 0
+        # Greedy samples of one prompt are identical: decode once, copy n times.
+        runs = 1 if greedy else config.n
+        base_seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        # One row per (prompt, sample): rows sorted by prompt length, so the samples of a prompt sit
+        # together and each call pads little. Expanding rows ourselves is what
+        # num_return_sequences does inside HF, and lets n exceed batch_size.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        rows = [(i, j) for i in order for j in range(runs)]
+        replies: list[list[str]] = [[""] * runs for _ in prompts]
+        bar = self._progress_bar(len(rows))
+        with _generation_mode(self.model):
+            for lo in range(0, len(rows), self.batch_size):
+                chunk = rows[lo:lo + self.batch_size]
+                texts, n_tokens = self._generate_rows([prompts[i] for i, _ in chunk],
+                                                      [j for _, j in chunk], greedy, config, base_seed)
+                for (i, j), text in zip(chunk, texts):
+                    replies[i][j] = text
+                stats.tokens += n_tokens
+                stats.sequences += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+                    bar.set_postfix(tok_s=f"{stats.tokens / (time.perf_counter() - start):.1f}")
+        if bar is not None:
+            bar.close()
+        stats.seconds = time.perf_counter() - start
+        self.last_stats = stats
+        return [r * config.n for r in replies] if greedy else replies
+
+    def _progress_bar(self, total: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="seq", desc="generate")
+
+    def _generate_rows(self, prompts: list[list[int]], indices: list[int], greedy: bool,
+                       config: GenerationConfig, base_seed: int) -> tuple[list[str], int]:
+        """One `model.generate` call; row r is sample `indices[r]` of prompt `prompts[r]`."""
+        from transformers import GenerationConfig as HFGenerationConfig, LogitsProcessorList
+
+        device = _model_device(self.model)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):  # left padding: every prompt ends at the same column
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        processors = LogitsProcessorList()
+        if not greedy:
+            seeds = [sample_seed(base_seed, ids, j) for ids, j in zip(prompts, indices)]
+            processors.append(GumbelSampler(seeds, config.temperature, config.top_p))
+        # Our own sampler picks tokens, so HF decodes "greedily" over the noised scores; a fresh
+        # config keeps model defaults (repetition penalty, top_k...) out.
+        hf_config = HFGenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=False,
+                                       num_beams=1,
+                                       eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                                       use_cache=True)
+        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                  generation_config=hf_config, logits_processor=processors)
+        new_tokens = out[:, width:].tolist()
+        texts, count = [], 0
+        stop = set(self.stop_ids)
+        for ids in new_tokens:
+            end = next((k for k, t in enumerate(ids) if t in stop), None)
+            count += len(ids) if end is None else end + 1
+            reply = ids if end is None else ids[:end]
+            texts.append(self.tokenizer.decode(reply, skip_special_tokens=True))
+        return texts, count
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+class _generation_mode:
+    """eval() + use_cache on + inference_mode for the duration; the previous state comes back.
+
+    Models are loaded with use_cache False for training; generation needs the KV cache.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.configs = [c for c in _configs(self.model)]
+        self.saved = [c.use_cache for c in self.configs]
+        for c in self.configs:
+            c.use_cache = True
+        self.model.eval()
+        self.inference = torch.inference_mode()
+        self.inference.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.inference.__exit__(*exc)
+        for c, value in zip(self.configs, self.saved):
+            c.use_cache = value
+        self.model.train(self.was_training)
+
+
+def _configs(model) -> list:
+    """The config objects whose use_cache matters (a PEFT wrapper shares its base model's)."""
+    seen, out = set(), []
+    for m in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "use_cache") and id(cfg) not in seen:
+            seen.add(id(cfg))
+            out.append(cfg)
+    return out
