@@ -103,7 +103,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[_Where, dict]]:
         try:
             row = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"invalid JSON: {e.msg} at column {e.colno}", path=str(path), line=i) from None
+            raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", path=str(path), line=i) from None
         if not isinstance(row, dict):
             raise UserError(f"expected a JSON object, got {type(row).__name__}", path=str(path), line=i)
         yield _Where(line=i), row
@@ -116,7 +116,7 @@ def _read_json(path: Path) -> Iterator[tuple[_Where, dict]]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"invalid JSON: {e.msg} at column {e.colno}", path=str(path), line=e.lineno) from None
+        raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", path=str(path), line=e.lineno) from None
     if not isinstance(doc, list):
         raise UserError(f"expected a JSON list of objects, got {type(doc).__name__} "
                         "(use .jsonl for one object per line)", path=str(path))
