@@ -1,0 +1,289 @@
+"""Sequence log-probabilities log pi(y|x) for groups of responses that share one prompt.
+
+A D2O group is one prompt with K anchors and one negative. The fast path ("grouped") packs each
+group into one row  [prompt, resp_1, ..., resp_R]  with a block attention mask: every response
+sees the prompt and its own earlier tokens, never another response, and its position ids restart
+right after the prompt. The prompt is thus computed once per group instead of R times, and the
+result equals scoring each (prompt + response) on its own.
+
+The LM head never produces [batch, length, vocab] logits: only the positions that predict response
+tokens are projected, `chunk_tokens` rows at a time, and when gradients are needed each chunk is
+recomputed in backward (activation checkpointing), so a single chunk's logits are alive at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from negalign.errors import UserError
+
+METHODS = ("grouped", "naive")
+_MASKABLE_ATTENTION = ("sdpa", "eager")  # implementations that honour a custom 4D mask as given
+
+
+@dataclass
+class Group:
+    """One prompt and its responses, as token ids (data/chat.py: encode_prompt / encode_response)."""
+
+    prompt_ids: list[int]
+    response_ids: list[list[int]] = field(default_factory=list)
+
+
+def group_logprobs(model, groups: list[Group], *, method: str = "grouped",
+                   chunk_tokens: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of every group, in one forward pass over all `groups`.
+
+    Returns (logps, lengths), both [G, Rmax] on the model's device: logps float32, the sum of the
+    response's token log-probs given its prompt; lengths int64, its token count. Slots past a
+    group's last response have length 0 and logp 0. Differentiable unless called under no_grad or
+    inference_mode. Batch the groups beforehand (negalign.batching.pack_by_token_budget).
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown log-prob method '{method}'; expected one of {', '.join(METHODS)}",
+                        field="method")
+    if chunk_tokens <= 0:
+        raise UserError(f"chunk_tokens must be positive, got {chunk_tokens}", field="chunk_tokens")
+    _check_groups(groups)
+    device = _model_device(model)
+    n_groups = len(groups)
+    r_max = max((len(g.response_ids) for g in groups), default=0)
+    lengths = torch.tensor([[len(r) for r in g.response_ids] + [0] * (r_max - len(g.response_ids))
+                            for g in groups], dtype=torch.int64, device=device).reshape(n_groups, r_max)
+    if n_groups == 0 or r_max == 0 or int(lengths.sum()) == 0:
+        return torch.zeros(n_groups, r_max, dtype=torch.float32, device=device), lengths
+    if method == "naive":
+        token_logps, slots = _naive_token_logps(model, groups, device, r_max)
+    else:
+        token_logps, slots = _grouped_token_logps(model, groups, device, r_max, chunk_tokens)
+    logps = torch.zeros(n_groups * r_max, dtype=torch.float32, device=device)
+    logps = logps.index_add(0, slots, token_logps)
+    return logps.view(n_groups, r_max), lengths
+
+
+def _check_groups(groups: list[Group]) -> None:
+    for i, g in enumerate(groups):
+        if len(g.prompt_ids) == 0:
+            # Without a prompt token nothing predicts the first response token.
+            raise UserError(f"group {i} has an empty prompt; log pi(y|x) needs at least one prompt token",
+                            field="prompt_ids")
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise UserError("the model has no parameters") from None
+
+
+# ---------------------------------------------------------------- naive: one row per response
+
+def _naive_token_logps(model, groups, device, r_max):
+    """Reference path: each (prompt + response) is its own padded row, full logits from model()."""
+    rows, targets, slots = [], [], []
+    for gi, g in enumerate(groups):
+        for ri, resp in enumerate(g.response_ids):
+            if resp:
+                rows.append(list(g.prompt_ids) + list(resp))
+                targets.append((len(g.prompt_ids), len(resp)))
+                slots.append(gi * r_max + ri)
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attn = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        attn[i, :len(r)] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    logits = model(input_ids=ids, attention_mask=attn).logits
+    logprobs = logits.float().log_softmax(-1)
+    token_logps, token_slots = [], []
+    for i, (start, n) in enumerate(targets):
+        # Position t predicts token t + 1.
+        pred = logprobs[i, start - 1:start - 1 + n]
+        token_logps.append(pred.gather(-1, ids[i, start:start + n, None]).squeeze(-1))
+        token_slots.append(torch.full((n,), slots[i], dtype=torch.long))
+    return torch.cat(token_logps), torch.cat(token_slots).to(device)
+
+
+# ---------------------------------------------------------------- grouped: prompt once per group
+
+@dataclass
+class _Packed:
+    input_ids: torch.Tensor     # [B, L]
+    position_ids: torch.Tensor  # [B, L]
+    segment: torch.Tensor       # [B, L]; 0 prompt, j + 1 response j, -1 padding
+    pred_row: torch.Tensor      # [N] row of the hidden state that predicts each response token
+    pred_col: torch.Tensor      # [N] its column
+    labels: torch.Tensor        # [N] the token it predicts
+    slots: torch.Tensor         # [N] flat output slot g * r_max + j
+
+
+def _pack(groups, r_max) -> _Packed:
+    width = max(len(g.prompt_ids) + sum(len(r) for r in g.response_ids) for g in groups)
+    ids = torch.zeros(len(groups), width, dtype=torch.long)
+    pos = torch.zeros(len(groups), width, dtype=torch.long)
+    seg = torch.full((len(groups), width), -1, dtype=torch.long)
+    pred_row, pred_col, labels, slots = [], [], [], []
+    for gi, g in enumerate(groups):
+        p = len(g.prompt_ids)
+        ids[gi, :p] = torch.tensor(g.prompt_ids)
+        pos[gi, :p] = torch.arange(p)
+        seg[gi, :p] = 0
+        start = p
+        for ri, resp in enumerate(g.response_ids):
+            n = len(resp)
+            if n == 0:
+                continue
+            ids[gi, start:start + n] = torch.tensor(resp)
+            pos[gi, start:start + n] = torch.arange(p, p + n)  # as if the response followed the prompt
+            seg[gi, start:start + n] = ri + 1
+            # The first token is predicted by the last prompt token, the others by their predecessor.
+            pred_col.append(torch.cat([torch.tensor([p - 1]), torch.arange(start, start + n - 1)]))
+            pred_row.append(torch.full((n,), gi))
+            labels.append(torch.tensor(resp))
+            slots.append(torch.full((n,), gi * r_max + ri))
+            start += n
+        pos[gi, start:] = torch.arange(width - start)  # padding: any valid positions
+    return _Packed(ids, pos, seg, torch.cat(pred_row), torch.cat(pred_col), torch.cat(labels),
+                   torch.cat(slots))
+
+
+def block_attention_mask(segment: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] boolean mask, True where query q may attend to key k.
+
+    Causal within the row, and a response token sees only the prompt (segment 0) and its own
+    response. Padding (segment -1) is seen by nobody; a padding query sees only itself, so no row of
+    the softmax is empty (which would give NaN).
+    """
+    length = segment.shape[1]
+    idx = torch.arange(length, device=segment.device)
+    causal = idx[None, :] <= idx[:, None]                     # [L, L] (q, k)
+    seg_q, seg_k = segment[:, :, None], segment[:, None, :]   # [B, L, 1], [B, 1, L]
+    allowed = causal & (seg_q >= 0) & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))
+    allowed = allowed | (torch.eye(length, dtype=torch.bool, device=segment.device) & (seg_q < 0))
+    return allowed[:, None]
+
+
+def _attention_implementation(model) -> str:
+    config = model.config
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
+def _grouped_token_logps(model, groups, device, r_max, chunk_tokens):
+    impl = _attention_implementation(model)
+    if impl not in _MASKABLE_ATTENTION:
+        raise UserError(f"grouped log-probs need an attention implementation that takes a custom mask "
+                        f"({' or '.join(_MASKABLE_ATTENTION)}), the model uses '{impl}'; load it with "
+                        f"attn_implementation='sdpa' or use method='naive'", field="attn_implementation")
+    decoder, head, transform = _split_model(model)
+    _check_sliding_window(model.config, groups)
+    packed = _pack(groups, r_max)
+    segment = packed.segment.to(device)
+    mask = block_attention_mask(segment)
+    if impl == "eager":
+        # Eager attention adds the mask to the scores: it must be additive, in the compute dtype.
+        dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+    hidden = decoder(input_ids=packed.input_ids.to(device), attention_mask=mask,
+                     position_ids=packed.position_ids.to(device), use_cache=False).last_hidden_state
+    selected = hidden[packed.pred_row.to(device), packed.pred_col.to(device)]  # [N, hidden]
+    token_logps = chunked_label_logprobs(selected, packed.labels.to(device), head, transform,
+                                         chunk_tokens=chunk_tokens)
+    return token_logps, packed.slots.to(device)
+
+
+def _sliding_window(config) -> int | None:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
+        return None
+    return int(window)
+
+
+def _check_sliding_window(config, groups) -> None:
+    """Our one mask serves every layer, so a sliding window is honoured only where it never bites."""
+    window = _sliding_window(config)
+    if window is None:
+        return
+    longest = max(len(g.prompt_ids) + max((len(r) for r in g.response_ids), default=0) for g in groups)
+    if longest > window:
+        raise UserError(f"a prompt + response of {longest} tokens exceeds the model's sliding window "
+                        f"({window}); grouped log-probs cannot apply it, use method='naive'",
+                        field="method")
+
+
+# ---------------------------------------------------------------- the LM head, in chunks
+
+def _split_model(model):
+    """(decoder, output head, logits transform) of a causal LM, also through a peft wrapper."""
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict):
+        adapters = getattr(model, "active_adapters", None) or list(peft_config)
+        for name in adapters:
+            cfg = peft_config.get(name)
+            if cfg is not None and getattr(cfg, "is_prompt_learning", False):
+                # Prompt-learning adapters add virtual tokens in PeftModel.forward, which the
+                # decoder alone would skip: the log-probs would silently ignore the adapter.
+                raise UserError(f"prompt-learning adapters ({type(cfg).__name__}) are not supported by "
+                                f"grouped log-probs; use a LoRA-type adapter or method='naive'",
+                                field="peft")
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is None or head is None or decoder is model:
+        raise UserError(f"cannot find the decoder and output head of {type(model).__name__}; "
+                        f"use method='naive'", field="model")
+    return decoder, head, logits_transform(model.config)
+
+
+def logits_transform(config):
+    """The model's own post-head logit transform (scaling, soft-capping), or None if it has none."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    softcap = getattr(config, "final_logit_softcapping", None)   # Gemma 2/3
+    scale = getattr(config, "logit_scale", None)                  # Cohere: logits * scale
+    divide = getattr(config, "logits_scaling", None)              # Granite: logits / scaling
+    steps = []
+    if scale is not None and scale != 1:
+        steps.append(lambda x: x * scale)
+    if divide is not None and divide != 1:
+        steps.append(lambda x: x / divide)
+    if softcap is not None:
+        steps.append(lambda x: torch.tanh(x / softcap) * softcap)
+    if not steps:
+        return None
+
+    def transform(x):
+        for step in steps:
+            x = step(x)
+        return x
+    return transform
+
+
+def _chunk_label_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head, transform) -> torch.Tensor:
+    logits = head(hidden)
+    logits = logits.float()  # log-softmax over 49k+ entries in fp32, also under bf16 autocast
+    if transform is not None:
+        logits = transform(logits)
+    picked = logits.gather(-1, labels[:, None]).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def chunked_label_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head, transform=None, *,
+                           chunk_tokens: int = 2048) -> torch.Tensor:
+    """log softmax(head(hidden))[label] for each row of hidden [N, H]; float32 [N].
+
+    Rows are projected `chunk_tokens` at a time; with gradients on, each chunk is checkpointed so
+    its [chunk, vocab] logits are freed after forward and recomputed in backward.
+    """
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(
+        p.requires_grad for p in head.parameters()))
+    out = []
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
+        if needs_grad:
+            out.append(checkpoint(_chunk_label_logprobs, h, y, head, transform, use_reentrant=False))
+        else:
+            out.append(_chunk_label_logprobs(h, y, head, transform))
+    return torch.cat(out)
