@@ -1,0 +1,96 @@
+"""Scorers: score(prompts, responses) -> list[float], higher = more of the scorer's `name`d property.
+
+- refusal         RefusalDetector: 1.0 refusal / 0.0 not (phrase patterns).
+- harm_classifier HarmClassifier: P(harmful) from MiniLM embeddings + logistic regression.
+- judge           LLMJudge: harmfulness 1-5 (NaN if unparseable); .compare() for helpfulness.
+- reward_model    RewardModelScorer: a sequence-classification model's logit.
+
+make_scorer(spec) builds one from a config value:
+  "refusal" | {"type": "refusal", "off_topic": true}
+  "harm_classifier" | {"type": "harm_classifier", "path": "clf.json"}   (no path: the cached
+      default, trained without {"exclude_prompts": [...]})
+  {"type": "judge", "generator": GEN, "max_new_tokens": 8}, where GEN is a ChatGenerator object,
+      a model spec string for a local transformers model ("default", a folder, a .gguf), or
+      {"base_url": "http://...", "model": "name"} for an OpenAI-compatible server
+  "reward_model:PATH" | {"type": "reward_model", "path": PATH, "batch_size": 16, "device": "cpu"}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from negalign.errors import UserError
+from negalign.scoring.harm_classifier import HarmClassifier
+from negalign.scoring.judge import LLMJudge
+from negalign.scoring.refusal import RefusalDetector
+from negalign.scoring.reward_model import RewardModelScorer
+
+__all__ = ["HarmClassifier", "LLMJudge", "RefusalDetector", "RewardModelScorer", "make_scorer",
+           "make_generator"]
+
+_OPTIONS = {
+    "refusal": {"off_topic", "opening_chars"},
+    "harm_classifier": {"path", "exclude_prompts"},
+    "judge": {"generator", "max_new_tokens", "max_chars", "batch_size"},
+    "reward_model": {"path", "batch_size", "device", "max_length", "trust_remote_code"},
+}
+
+
+def make_generator(spec: Any):
+    """A ChatGenerator from an object, a local model spec string, or {"base_url", "model"}."""
+    if hasattr(spec, "generate"):
+        return spec
+    if isinstance(spec, dict):
+        if "base_url" not in spec or "model" not in spec:
+            raise UserError("a server generator needs 'base_url' and 'model'", field="generator")
+        from negalign.generation.openai_backend import OpenAIChatGenerator
+
+        extra = {k: v for k, v in spec.items() if k not in ("base_url", "model")}
+        return OpenAIChatGenerator(spec["base_url"], spec["model"], **extra)
+    if isinstance(spec, str) and spec:
+        from negalign.generation.transformers_backend import TransformersGenerator
+        from negalign.models import load_model
+
+        model, tok = load_model(spec)
+        return TransformersGenerator(model, tok)
+    raise UserError("the judge needs a generator: a model spec string or {base_url, model}",
+                    field="generator")
+
+
+def make_scorer(spec: str | dict):
+    """Build a scorer from a name, 'reward_model:PATH', or a dict with 'type' and options."""
+    if isinstance(spec, str):
+        kind, _, arg = spec.partition(":")
+        opts: dict[str, Any] = {}
+        if kind == "reward_model":
+            if not arg:
+                raise UserError("write reward_model:PATH", field="reward_model")
+            opts["path"] = arg
+        elif arg:
+            raise UserError(f"scorer {kind!r} takes no ':' argument (got {spec!r})", field="scorer")
+    elif isinstance(spec, dict):
+        if "type" not in spec:
+            raise UserError("scorer needs a 'type'", field="scorer.type")
+        kind, opts = spec["type"], {k: v for k, v in spec.items() if k != "type"}
+    else:
+        raise UserError(f"scorer must be a string or a mapping, got {type(spec).__name__}", field="scorer")
+    if kind not in _OPTIONS:
+        raise UserError(f"unknown scorer {kind!r}; choose one of {', '.join(_OPTIONS)}", field="scorer")
+    unknown = sorted(set(opts) - _OPTIONS[kind])
+    if unknown:
+        raise UserError(f"unknown option for the {kind} scorer", field=f"scorer.{unknown[0]}")
+
+    if kind == "refusal":
+        return RefusalDetector(**opts)
+    if kind == "harm_classifier":
+        if "path" in opts:
+            return HarmClassifier.load(opts["path"])
+        return HarmClassifier.default(opts.get("exclude_prompts", ()))
+    if kind == "judge":
+        if "generator" not in opts:
+            raise UserError("the judge scorer needs a generator", field="generator")
+        generator = make_generator(opts.pop("generator"))
+        return LLMJudge(generator, **opts)
+    if not opts.get("path"):
+        raise UserError("the reward_model scorer needs a path", field="reward_model")
+    return RewardModelScorer(opts.pop("path"), **opts)
