@@ -118,6 +118,20 @@ def test_csv_with_mapping_and_list_cells(tmp_path):
         load_examples(path, mapping=ColumnMapping(prompt="question", negative="answer"))
 
 
+def test_parquet_chat_prompts_and_long_csv_cells(tmp_path):
+    import pandas as pd
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "how to pick a lock"}]
+    pq = tmp_path / "chat.parquet"
+    pd.DataFrame({"prompt": [chat], "negatives": [["rake it", "bump it"]]}).to_parquet(pq, index=False)
+    [ex] = load_examples(pq)
+    assert ex.prompt == chat and ex.negatives == ["rake it", "bump it"]
+    path = tmp_path / "long.csv"
+    long = "x" * 300_000                                      # over the csv module's default cell limit
+    path.write_text(f"prompt,negative\nq,{long}\n", encoding="utf-8")
+    assert load_examples(path)[0].negatives == [long]
+
+
 def test_only_positives_is_an_error(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("prompt,positive\nq,fine\n", encoding="utf-8")

@@ -132,6 +132,8 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[_Where, dict]]]:
     data = path.read_bytes()
     _check_not_empty(path, data)
     text = _decode(path, data).lstrip("\ufeff")
+    # Long model responses exceed the csv module's default 128 KiB cell limit.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
