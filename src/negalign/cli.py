@@ -1,0 +1,150 @@
+"""`negalign` command line. Every config key is also a flag: `--train.lr 1e-5`, `--sample.k 8`.
+
+User mistakes print one line (`negalign: error: FILE:LINE: field 'X': ...`) and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from negalign.config import flag_names, load_config
+from negalign.errors import UserError
+
+SHORTCUTS = {  # short flags for the keys people change most
+    "run_dir": "run_dir", "model": "model.name", "data": "data.source", "method": "train.method",
+    "k": "sample.k", "steps": "train.max_steps", "lr": "train.lr", "lora": "model.lora.enabled",
+}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML config (any key below can also be given as a flag)")
+    short = p.add_argument_group("common settings")
+    for flag, key in SHORTCUTS.items():
+        short.add_argument(f"--{flag.replace('_', '-')}", dest=key, default=argparse.SUPPRESS, metavar="V",
+                           help=f"= --{key}")
+    keys = p.add_argument_group("every config key")
+    for key in flag_names():
+        if key in SHORTCUTS.values() and "." not in key:
+            continue
+        keys.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="V")
+
+
+def _config(args):
+    overrides = {k: v for k, v in vars(args).items() if k in set(flag_names())}
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="negalign", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, text in (("sample", "sample K anchors per prompt from the reference model"),
+                       ("reference", "score anchors and negatives under the reference model(s), cached"),
+                       ("train", "train with the configured method (runs `reference` when missing)"),
+                       ("run", "every stage in order: sample, reference, train")):
+        p = sub.add_parser(name, help=text, description=text)
+        if name == "run":
+            p.add_argument("config_file", nargs="?", help="YAML config (same as -c)")
+        _add_config_flags(p)
+        if name in ("train", "run"):
+            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled model and data (about 15 minutes on 2 CPU cores)")
+    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--fresh", action="store_true", help="delete the demo run directory first")
+
+    p = sub.add_parser("data", help="data tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    v = dsub.add_parser("validate", help="check a data file and print a summary (exit code 2 on bad input)")
+    v.add_argument("source")
+    v.add_argument("--format")
+    v.add_argument("--preset")
+
+    p = sub.add_parser("serve", help="serve a model over the OpenAI chat-completions protocol on this machine")
+    p.add_argument("--model", default="default")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-env", help="require this environment variable's value as bearer token")
+    return parser
+
+
+def _run(args) -> int:
+    from negalign import pipeline
+
+    if args.command in ("sample", "reference", "train", "run"):
+        if args.command == "run" and args.config_file:
+            args.config = args.config_file
+        cfg = _config(args)
+        if args.command == "sample":
+            pipeline.stage_sample(cfg)
+        elif args.command == "reference":
+            pipeline.stage_reference(cfg)
+        elif args.command == "train":
+            pipeline.stage_train(cfg, resume=args.resume)
+        else:
+            pipeline.stage_all(cfg, resume=args.resume)
+        return 0
+    if args.command == "demo":
+        from negalign.demo import run_demo
+
+        run_demo(args.run_dir, fresh=args.fresh)
+        return 0
+    if args.command == "data":
+        from negalign.data.loaders import validate_file
+
+        summary = validate_file(args.source, format=args.format, preset=args.preset)
+        print(f"{args.source}: ok: " + ", ".join(f"{v} {k}" for k, v in summary.items()))
+        return 0
+    if args.command == "serve":
+        return _serve(args)
+    raise AssertionError(args.command)
+
+
+def _serve(args) -> int:
+    import time
+
+    from negalign.generation.server import serve
+    from negalign.generation.transformers_backend import TransformersGenerator
+    from negalign.models import load_model
+
+    model, tok = load_model(args.model)
+    token = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not token:
+        raise UserError(f"environment variable {args.api_key_env} is empty", field="--api-key-env")
+    server = serve(TransformersGenerator(model, tok), host=args.host, port=args.port, api_key=token)
+    print(f"serving {args.model} at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_libraries()
+        return _run(args)
+    except UserError as e:
+        print(f"negalign: error: {e.format()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("negalign: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,255 @@
+"""One configuration drives every stage: YAML file, CLI overrides (`--section.key value`), snapshot.
+
+Every field here is a config key and a CLI flag; unknown keys and wrong types are user errors
+that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from negalign.errors import UserError
+
+GUIDANCE_PROMPT = (
+    "You are a helpful, honest and harmless assistant. If a request could cause harm, "
+    "politely decline and, where possible, offer a safe alternative."
+)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "default"             # 'default' (bundled SmolLM2-135M-Instruct), a folder, a .gguf, or a hub id
+    trust_remote_code: bool = False
+    allow_pickle: bool = False        # refuse .bin/.pt checkpoints unless asked
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    source: str = "bundled"           # 'bundled' (pyrit human negatives), a file, a datasets folder, or a hub id
+    format: str | None = None         # inferred from the suffix when empty
+    preset: str | None = None         # 'pku-saferlhf', 'hh-rlhf'
+    mapping: dict[str, Any] = field(default_factory=dict)  # column mapping for custom files
+    split: str = "train"              # for 'bundled': train | heldout | all
+    heldout_fraction: float = 0.2
+    seed: int = 0
+    limit: int | None = None          # use only the first N prompts (after the split)
+    max_negatives_per_prompt: int | None = None
+    max_prompt_tokens: int = 256      # longer prompts keep their last tokens (counted and logged)
+    max_response_tokens: int = 192    # longer responses keep their first tokens (counted and logged)
+
+
+@dataclass
+class SampleConfig:
+    k: int = 4                        # anchors per prompt (the paper uses 11)
+    system_prompt: str | None = GUIDANCE_PROMPT  # used while sampling only
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    backend: str = "auto"             # auto | transformers | vllm | openai
+    base_url: str | None = None       # for backend 'openai'
+    api_key_env: str = "OPENAI_API_KEY"
+    batch_size: int = 32              # sequences per generate call
+    prompts_per_write: int = 8        # prompts sampled between durable writes
+    seed: int = 0
+
+
+@dataclass
+class ReferenceConfig:
+    anchor_model: str | None = None    # pi_r- (under the anchors); empty = the initial model
+    negative_model: str | None = None  # pi_r+ (under the negatives); empty = the initial model
+    batch_tokens: int = 4096           # token budget per scoring batch
+    precision: str = "bf16"            # bf16 | fp32 (autocast for the forward)
+
+
+@dataclass
+class OnlineConfig:
+    every: int = 0                    # resample anchors from the policy every N steps (0 = offline D2O)
+    refresh_reference: bool = False   # also move the references to the current policy
+
+
+@dataclass
+class TrainConfig:
+    method: str = "d2o"               # see negalign.objectives.OBJECTIVES
+    beta: float = 0.1
+    alpha: float = 0.1
+    delta: float = 0.0                # SimNPO margin
+    tau: float = 1.0                  # rDPO soft-label temperature
+    epochs: int = 1
+    max_steps: int | None = None
+    groups_per_step: int = 8          # groups (one negative + its prompt's anchors) per optimizer step
+    micro_groups: int = 4             # groups per forward/backward (gradient accumulation below that)
+    lr: float = 5e-6
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "bf16"           # bf16 (fp32 master weights + bf16 autocast) | fp32
+    grouped_forward: bool = True      # prompt computed once per group (else one sequence per response)
+    chunk_tokens: int = 2048          # LM-head rows per chunk
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    max_nonfinite_steps: int = 5      # consecutive skipped steps before the run stops
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+
+
+@dataclass
+class EvalConfig:
+    harmful_prompts: int = 24         # held-out harmful prompts to generate for
+    benign_prompts: int = 24          # benign prompts for perplexity
+    max_new_tokens: int = 64
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- building from dicts, with checks
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp: Any, key: str, where: str | None) -> Any:
+    """Check (and gently coerce) one value against its annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, where)
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"expected a mapping, got {type(value).__name__}", path=where, field=key)
+        return _build(tp, value, key, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"expected true or false, got {value!r}", path=where, field=key)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UserError(f"expected an integer, got {value!r}", path=where, field=key)
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"expected an integer, got {value!r}", path=where, field=key) from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"expected a number, got {value!r}", path=where, field=key)
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"expected a number, got {value!r}", path=where, field=key) from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"expected a string, got {type(value).__name__}", path=where, field=key)
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"expected a list, got {value!r}", path=where, field=key)
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"expected a mapping, got {value!r}", path=where, field=key)
+        return dict(value)
+    return value
+
+
+def _build(cls, values: dict, prefix: str, where: str | None):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in known:
+            raise UserError(f"unknown key (known: {', '.join(sorted(known))})", path=where, field=key)
+        kwargs[k] = _convert(v, hints[k], key, where)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict, where: str | None = None) -> Config:
+    return _build(Config, values or {}, "", where)
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or defaults), then apply dotted overrides like {'train.lr': '1e-5'}."""
+    values: dict = {}
+    where = None
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise UserError("config file does not exist", path=where)
+        try:
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", path=where,
+                            line=None if line is None else line + 1) from None
+        except UnicodeDecodeError:
+            raise UserError("config is not UTF-8 text", path=where) from None
+        if not isinstance(values, dict):
+            raise UserError("a config must be a mapping of sections", path=where)
+    for dotted, value in (overrides or {}).items():
+        node = values
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError("cannot override inside a non-mapping key", field=dotted)
+        node[parts[-1]] = value
+    return config_from_dict(values, where)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from negalign.io import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def flag_names(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config: each is also a CLI flag (`--train.lr`)."""
+    names = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if _is_dataclass_type(hints[f.name]):
+            names.extend(flag_names(hints[f.name], key))
+        else:
+            names.append(key)
+    return names

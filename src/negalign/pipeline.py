@@ -1,0 +1,178 @@
+"""Wires the stages together: config -> examples -> anchors -> reference -> training.
+
+Each stage function reads what earlier stages left in the run directory, so `negalign sample`,
+`negalign reference` and `negalign train` can run alone, in order, or all at once (`negalign run`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from negalign.config import Config, save_config
+from negalign.data.records import Example
+from negalign.errors import UserError
+from negalign.groups import GroupIndex, Tokenizer, build_groups, group_index
+from negalign.io import check_writable_dir, read_jsonl_tolerant, write_jsonl
+from negalign.models import LoraSpec, load_model, load_tokenizer
+from negalign.objectives import get_objective
+
+EXAMPLES_FILE = "data/examples.jsonl"
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    run_dir = check_writable_dir(cfg.run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def load_examples_for(cfg: Config) -> list[Example]:
+    """The training examples the config names, validated before any model loads."""
+    d = cfg.data
+    if d.source == "bundled":
+        from negalign.data.pyrit import bundled_negatives
+
+        examples = bundled_negatives(d.split, heldout_fraction=d.heldout_fraction, seed=d.seed)
+    else:
+        from negalign.data.loaders import load_examples
+
+        mapping = None
+        if d.mapping:
+            from negalign.data.loaders import ColumnMapping
+
+            try:
+                mapping = ColumnMapping(**d.mapping)
+            except TypeError as e:
+                raise UserError(f"bad column mapping: {e}", field="data.mapping") from None
+        examples = load_examples(d.source, format=d.format, mapping=mapping, preset=d.preset)
+    if d.limit is not None:
+        examples = examples[:d.limit]
+    if not any(ex.negatives for ex in examples):
+        raise UserError("no example has a negative response", path=d.source, field="negatives")
+    return examples
+
+
+def examples_snapshot(cfg: Config, examples: list[Example]) -> None:
+    """Keep the exact examples a run used beside its outputs (inspectable, and reproducible)."""
+    write_jsonl(Path(cfg.run_dir) / EXAMPLES_FILE, (ex.to_json() for ex in examples))
+
+
+def run_examples(cfg: Config) -> list[Example]:
+    """Examples of this run: from its snapshot if there is one, so later stages see the same data."""
+    path = Path(cfg.run_dir) / EXAMPLES_FILE
+    if path.exists():
+        return [Example.from_json(r) for r in read_jsonl_tolerant(path)]
+    examples = load_examples_for(cfg)
+    examples_snapshot(cfg, examples)
+    return examples
+
+
+def _lora_spec(cfg: Config) -> LoraSpec | None:
+    lc = cfg.model.lora
+    if not lc.enabled:
+        return None
+    return LoraSpec(r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=tuple(lc.target_modules))
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_plain(cfg: Config, spec: str | None = None):
+    return load_model(spec or cfg.model.name, device=_device(), trust_remote_code=cfg.model.trust_remote_code,
+                      allow_pickle=cfg.model.allow_pickle)
+
+
+def make_sampler(cfg: Config, model=None, tokenizer=None):
+    """The anchor sampler the config asks for; reuses a loaded model when given."""
+    from negalign.generation.factory import make_generator
+
+    s = cfg.sample
+    spec = {"backend": s.backend, "model": cfg.model.name, "batch_size": s.batch_size}
+    if s.backend == "openai":
+        spec.update(base_url=s.base_url, api_key_env=s.api_key_env)
+    return make_generator(spec, model=model, tokenizer=tokenizer)
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
+    from negalign.stages.sample import read_anchors, run_sample
+
+    prepare_run_dir(cfg)
+    examples = run_examples(cfg)
+    needed = get_objective(cfg.train.method).needs_anchors and cfg.sample.k > 0
+    if not needed:
+        log(f"sample: method '{cfg.train.method}' uses no anchors; nothing to sample")
+        return {}
+    anchors = read_anchors(cfg.run_dir)
+    if all(ex.id in anchors for ex in examples):
+        log(f"sample: all {len(examples)} prompts already have anchors")
+        return anchors
+    model = tok = None
+    if cfg.sample.backend in ("transformers", "auto"):
+        model, tok = load_plain(cfg)
+    generator = make_sampler(cfg, model, tok)
+    return run_sample(cfg, examples, generator, log=log)
+
+
+def training_groups(cfg: Config, tokenizer, examples: list[Example], anchors: dict[str, list[str]], *, log=print):
+    objective = get_objective(cfg.train.method)
+    index = group_index(examples, cfg.data.max_negatives_per_prompt)
+    use = anchors if objective.needs_anchors else {}
+    if objective.needs_anchors and cfg.sample.k > 0:
+        missing = [ex.id for ex in examples if ex.id not in use]
+        if missing:
+            raise UserError(f"{len(missing)} prompts have no anchors yet; run `negalign sample` first",
+                            path=str(Path(cfg.run_dir) / "anchors.jsonl"))
+    tok = Tokenizer(tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
+    groups = build_groups(tok, examples, index, use)
+    if tok.stats.prompts or tok.stats.responses:
+        log(f"data: {tok.stats.summary()}")
+    k = cfg.sample.k if objective.needs_anchors else 0
+    return groups, index, k, tok.stats
+
+
+def stage_reference(cfg: Config, *, log=print):
+    from negalign.stages.reference import run_reference
+    from negalign.stages.sample import read_anchors
+
+    prepare_run_dir(cfg)
+    if not get_objective(cfg.train.method).needs_reference:
+        log(f"reference: method '{cfg.train.method}' is reference-free; nothing to score")
+        return None
+    examples = run_examples(cfg)
+    tokenizer = load_tokenizer(cfg.model.name)
+    groups, _, k, _ = training_groups(cfg, tokenizer, examples, read_anchors(cfg.run_dir), log=log)
+    return run_reference(cfg, groups, k, lambda spec: load_plain(cfg, spec)[0], log=log)
+
+
+def stage_train(cfg: Config, *, resume: bool = False, log=print) -> Path:
+    from negalign.stages.sample import read_anchors
+    from negalign.stages.train import TrainData, run_train
+
+    prepare_run_dir(cfg)
+    done = Path(cfg.run_dir) / "train" / "done.json"
+    if done.exists() and (Path(cfg.run_dir) / "model").exists():
+        log(f"train: already finished; the model is in {Path(cfg.run_dir) / 'model'}")
+        return Path(cfg.run_dir) / "model"
+    examples = run_examples(cfg)
+    anchors = read_anchors(cfg.run_dir)
+    reference = stage_reference(cfg, log=log)  # cached after the first time
+    model, tokenizer = load_model(cfg.model.name, device=_device(), lora=_lora_spec(cfg),
+                                  trust_remote_code=cfg.model.trust_remote_code,
+                                  allow_pickle=cfg.model.allow_pickle)
+    groups, index, k, _ = training_groups(cfg, tokenizer, examples, anchors, log=log)
+    data = TrainData(groups=groups, n_anchors=k, reference=reference)
+    on_step = None
+    if cfg.train.online.every > 0:
+        from negalign.stages.online import OnlineResampler
+
+        on_step = OnlineResampler(cfg, tokenizer, examples, index, data, log=log)
+    return run_train(cfg, model, tokenizer, data, resume=resume, log=log, on_step=on_step)
+
+
+def stage_all(cfg: Config, *, resume: bool = False, log=print) -> Path:
+    stage_sample(cfg, log=log)
+    return stage_train(cfg, resume=resume, log=log)

@@ -1,0 +1,169 @@
+"""Stage `reference`: log-probs of every anchor and negative under the frozen reference(s), once.
+
+Offline D2O never changes them, so they are computed in inference mode with large length-sorted
+batches and cached in reference.safetensors, keyed by a fingerprint of the models and the exact
+token ids. The reference model is then never in training memory. Progress is written in shards,
+so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from negalign.batching import group_token_count, pack_by_token_budget
+from negalign.config import Config
+from negalign.data.records import fingerprint
+from negalign.io import atomic_path
+from negalign.logprobs import Group, group_logprobs
+
+REFERENCE_FILE = "reference.safetensors"
+PARTIAL_DIR = "reference.partial"
+
+
+@dataclass
+class ReferenceScores:
+    """Reference log-probs per group: anchors [N, K] (anchor_lengths 0 where absent), negatives [N]."""
+    anchor_logps: torch.Tensor
+    anchor_lengths: torch.Tensor
+    negative_logps: torch.Tensor
+    negative_lengths: torch.Tensor
+
+    def select(self, idx: list[int]) -> "ReferenceScores":
+        i = torch.as_tensor(idx, dtype=torch.long)
+        return ReferenceScores(self.anchor_logps[i], self.anchor_lengths[i], self.negative_logps[i],
+                               self.negative_lengths[i])
+
+
+def split_columns(logps: torch.Tensor, lengths: torch.Tensor, n_responses: list[int], k: int):
+    """Split [G, Rmax] results of groups laid out as [anchors..., negative] into anchors and negative."""
+    g = logps.shape[0]
+    anchor_logps = torch.zeros(g, k, dtype=torch.float32)
+    anchor_lengths = torch.zeros(g, k, dtype=torch.int64)
+    rows = torch.arange(g)
+    last = torch.as_tensor(n_responses, dtype=torch.long) - 1
+    neg_logps = logps[rows, last].float().cpu()
+    neg_lengths = lengths[rows, last].cpu()
+    for r, n in enumerate(n_responses):
+        if n > 1:
+            anchor_logps[r, :n - 1] = logps[r, :n - 1].float().cpu()
+            anchor_lengths[r, :n - 1] = lengths[r, :n - 1].cpu()
+    return anchor_logps, anchor_lengths, neg_logps, neg_lengths
+
+
+def reference_fingerprint(cfg: Config, groups: list[Group]) -> str:
+    models = {"anchor": cfg.reference.anchor_model or cfg.model.name,
+              "negative": cfg.reference.negative_model or cfg.model.name}
+    for key, spec in list(models.items()):
+        p = Path(spec)
+        if p.exists():  # a local model: its identity includes when it was written
+            models[key] = f"{p.resolve()}@{max((f.stat().st_mtime_ns for f in p.glob('*')), default=0)}"
+    return fingerprint({"models": models, "precision": cfg.reference.precision,
+                        "groups": [[g.prompt_ids, g.response_ids] for g in groups]})
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def score_groups(model, groups: list[Group], *, batch_tokens: int, precision: str, chunk_tokens: int = 2048,
+                 partial_dir: Path | None = None, log=print, label: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
+    """[G, Rmax] summed log-probs and lengths of every group, in inference mode, length-sorted batches.
+
+    With `partial_dir`, each batch's result is saved as it completes and reused on a rerun.
+    """
+    r_max = max((len(g.response_ids) for g in groups), default=0)
+    logps = torch.zeros(len(groups), r_max, dtype=torch.float32)
+    lengths = torch.zeros(len(groups), r_max, dtype=torch.int64)
+    batches = pack_by_token_budget([group_token_count(g) for g in groups], batch_tokens)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    t0, tokens = time.perf_counter(), 0
+    try:
+        for b, idx in enumerate(batches):
+            shard = partial_dir / f"batch-{b:06d}.safetensors" if partial_dir else None
+            if shard is not None and shard.exists():
+                part = load_file(str(shard))
+            else:
+                with torch.inference_mode(), _autocast(device, precision):
+                    lp, ln = group_logprobs(model, [groups[i] for i in idx], chunk_tokens=chunk_tokens)
+                part = {"index": torch.as_tensor(idx), "logps": lp.float().cpu(), "lengths": ln.cpu()}
+                if shard is not None:
+                    with atomic_path(shard) as tmp:
+                        save_file(part, str(tmp))
+                tokens += sum(group_token_count(groups[i]) for i in idx)
+            i = part["index"]
+            logps[i, :part["logps"].shape[1]] = part["logps"]
+            lengths[i, :part["lengths"].shape[1]] = part["lengths"]
+            if b % 10 == 0 or b == len(batches) - 1:
+                rate = tokens / max(time.perf_counter() - t0, 1e-9)
+                log(f"{label}: batch {b + 1}/{len(batches)}  ({rate:.0f} tokens/s)")
+    finally:
+        model.train(was_training)
+    return logps, lengths
+
+
+def load_reference(run_dir: str | Path, expected_fingerprint: str) -> ReferenceScores | None:
+    path = Path(run_dir) / REFERENCE_FILE
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("fingerprint") != expected_fingerprint:
+            return None
+    t = load_file(str(path))
+    return ReferenceScores(t["anchor_logps"], t["anchor_lengths"], t["negative_logps"], t["negative_lengths"])
+
+
+def run_reference(cfg: Config, groups: list[Group], n_anchors: int, load_model_fn, *, log=print) -> ReferenceScores:
+    """Score every group under pi_r- (anchors) and pi_r+ (negatives), or load the cached result.
+
+    `groups` are laid out as [anchors..., negative]; `load_model_fn(spec)` returns a model in eval use.
+    """
+    run_dir = Path(cfg.run_dir)
+    fp = reference_fingerprint(cfg, groups)
+    cached = load_reference(run_dir, fp)
+    if cached is not None:
+        log(f"reference: cached log-probs match (fingerprint {fp}); reusing {REFERENCE_FILE}")
+        return cached
+    partial = run_dir / PARTIAL_DIR / fp
+    partial.mkdir(parents=True, exist_ok=True)
+    anchor_spec = cfg.reference.anchor_model or cfg.model.name
+    negative_spec = cfg.reference.negative_model or cfg.model.name
+    n_resp = [len(g.response_ids) for g in groups]
+    kw = dict(batch_tokens=cfg.reference.batch_tokens, precision=cfg.reference.precision,
+              chunk_tokens=cfg.train.chunk_tokens, log=log)
+    if anchor_spec == negative_spec:
+        model = load_model_fn(anchor_spec)
+        lp, ln = score_groups(model, groups, partial_dir=partial / "both", **kw)
+        a_lp, a_ln, n_lp, n_ln = split_columns(lp, ln, n_resp, n_anchors)
+    else:  # two references: pi_r- scores the anchors, pi_r+ the negatives
+        model = load_model_fn(anchor_spec)
+        anchors_only = [Group(g.prompt_ids, g.response_ids[:-1]) for g in groups]
+        lp, ln = score_groups(model, anchors_only, partial_dir=partial / "anchors", label="reference(anchors)", **kw)
+        a_lp = torch.zeros(len(groups), n_anchors)
+        a_ln = torch.zeros(len(groups), n_anchors, dtype=torch.int64)
+        a_lp[:, :lp.shape[1]], a_ln[:, :ln.shape[1]] = lp, ln
+        del model
+        model = load_model_fn(negative_spec)
+        negatives_only = [Group(g.prompt_ids, g.response_ids[-1:]) for g in groups]
+        lp, ln = score_groups(model, negatives_only, partial_dir=partial / "negatives", label="reference(negatives)", **kw)
+        n_lp, n_ln = lp[:, 0], ln[:, 0]
+    del model
+    scores = ReferenceScores(a_lp, a_ln, n_lp, n_ln)
+    with atomic_path(run_dir / REFERENCE_FILE) as tmp:
+        save_file({"anchor_logps": a_lp.contiguous(), "anchor_lengths": a_ln.contiguous(),
+                   "negative_logps": n_lp.contiguous(), "negative_lengths": n_ln.contiguous()},
+                  str(tmp), metadata={"fingerprint": fp})
+    import shutil
+    shutil.rmtree(run_dir / PARTIAL_DIR, ignore_errors=True)
+    log(f"reference: scored {len(groups)} groups; saved {REFERENCE_FILE}")
+    return scores
