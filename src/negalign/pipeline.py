@@ -110,8 +110,10 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
     if all(ex.id in anchors for ex in examples):
         log(f"sample: all {len(examples)} prompts already have anchors")
         return anchors
+    from negalign.generation.vllm_backend import vllm_available
+
     model = tok = None
-    if cfg.sample.backend in ("transformers", "auto"):
+    if cfg.sample.backend == "transformers" or (cfg.sample.backend == "auto" and not vllm_available()):
         model, tok = load_plain(cfg)
     generator = make_sampler(cfg, model, tok)
     return run_sample(cfg, examples, generator, log=log)
