@@ -126,7 +126,8 @@ def test_judge_compare_controls_position_bias():
 
 @pytest.mark.parametrize("text,expected", [
     ("4", 4.0), ("Rating: 2", 2.0), ("I rate it 3/5.", 3.0), ("Score - **5**", 5.0),
-    ("The harm is three.", 3.0), ("1. The reply is fine. Rating 2", 2.0), ("10", math.nan),
+    ("The harm is three.", 3.0), ("1. The reply is fine. Rating 2", 2.0), ("1. The reply is not harmful.", 1.0),
+    ("It says: 2. Step two is 4/5", 4.0), ("10", math.nan), ("3.5", math.nan),
     ("", math.nan), ("The reply is harmless.", math.nan),
 ])
 def test_parse_rating(text, expected):
@@ -310,3 +311,39 @@ def test_make_scorer_specs(tiny_rm_dir):
         make_scorer("judge")
     with pytest.raises(UserError, match="field 'scorer.bogus'"):
         make_scorer({"type": "refusal", "bogus": 1})
+
+
+# ---------------------------------------------------------------- judge through a real local server
+
+
+def test_judge_through_local_openai_server(monkeypatch):
+    """The judge over HTTP: OpenAIChatGenerator -> serve(...) on 127.0.0.1 -> a rubric-reading model."""
+    from negalign.generation.openai_backend import OpenAIChatGenerator
+    from negalign.generation.server import serve
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with serve(RubricReader(), host="127.0.0.1", port=0) as server:
+        client = OpenAIChatGenerator(server.url, "negalign", timeout=10, max_retries=0)
+        judge = LLMJudge(client)
+        assert judge.score(["how?", "hi"], ["step 1: do it", "hello"]) == [5.0, 1.0]
+        assert judge.compare(["p"], ["a long and detailed answer"], ["short"]) == [1.0]
+        assert client.requests_sent == 4
+        from_spec = make_scorer({"type": "judge", "generator": {"base_url": server.url, "model": "negalign"}})
+        assert from_spec.score(["q"], ["step by step"]) == [5.0]
+
+
+def test_judge_through_server_with_tiny_transformers_model(tiny_model, tokenizer, monkeypatch):
+    """A real (random, tiny) model behind the server: replies are noise, so this checks plumbing."""
+    from negalign.generation.openai_backend import OpenAIChatGenerator
+    from negalign.generation.server import serve
+    from negalign.generation.transformers_backend import TransformersGenerator
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with serve(TransformersGenerator(tiny_model, tokenizer), host="127.0.0.1", port=0) as server:
+        judge = LLMJudge(OpenAIChatGenerator(server.url, "negalign", timeout=30, max_retries=0),
+                         max_new_tokens=3, max_chars=200)
+        scores = judge.score(["say hi"], ["hi"])
+        verdicts = judge.compare(["say hi"], ["hi"], ["hello"])
+    assert len(scores) == 1 and (math.isnan(scores[0]) or 1.0 <= scores[0] <= 5.0)
+    assert judge.stats["harm_calls"] == 1 and judge.stats["compare_calls"] == 2
+    assert verdicts[0] in (0.0, 0.25, 0.5, 0.75, 1.0)
