@@ -111,14 +111,16 @@ class OpenAIChatGenerator:
             return []
         if self.concurrency == 1 or len(conversations) == 1:
             return [self._samples(conv, config) for conv in conversations]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
-            futures = [pool.submit(self._samples, conv, config) for conv in conversations]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations)))
+        futures = [pool.submit(self._samples, conv, config) for conv in conversations]
+        try:
+            results = [f.result() for f in futures]
+        except BaseException:
+            # Report the first failure now: queued requests are dropped, running ones finish alone.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return results
 
     def _samples(self, messages: Messages, config: GenerationConfig) -> list[str]:
         """config.n replies for one conversation, topping up when the server returns fewer."""
