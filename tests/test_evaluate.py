@@ -1,0 +1,225 @@
+"""Evaluation: bootstrap math, pure metric helpers, and evaluate_model end to end on a tiny model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from negalign import evaluate as ev
+from negalign.stats import bootstrap_mean, bootstrap_ratio, bootstrap_statistic
+
+
+# ------------------------------------------------------------------ stats.py
+
+
+def test_bootstrap_mean_matches_a_hand_computed_percentile_interval():
+    x = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    est = bootstrap_mean(x, n_boot=500, seed=3)
+    idx = np.random.default_rng(3).integers(0, len(x), size=(500, len(x)))
+    means = np.asarray(x)[idx].mean(axis=1)
+    assert est.value == pytest.approx(5 / 8)
+    assert est.ci_low == pytest.approx(np.quantile(means, 0.025))
+    assert est.ci_high == pytest.approx(np.quantile(means, 0.975))
+    assert est.n == 8 and est.ci_low < est.value < est.ci_high
+
+
+def test_bootstrap_is_seeded_and_degenerate_cases_are_explicit():
+    x = list(np.linspace(0, 1, 30))
+    assert bootstrap_mean(x, seed=1) == bootstrap_mean(x, seed=1)
+    assert bootstrap_mean(x, seed=1) != bootstrap_mean(x, seed=2)
+    const = bootstrap_mean([1.0] * 10)
+    assert (const.value, const.ci_low, const.ci_high) == (1.0, 1.0, 1.0)
+    empty = bootstrap_mean([]).as_dict()
+    assert empty["value"] is None and empty["n"] == 0
+    one = bootstrap_mean([0.3])
+    assert one.value == 0.3 and math.isnan(one.ci_low)
+    assert bootstrap_mean([1.0, float("nan"), 0.0]).n == 2  # NaN verdicts are dropped
+
+
+def test_bootstrap_interval_narrows_with_more_data_and_covers_the_truth():
+    rng = np.random.default_rng(0)
+    small = bootstrap_mean(rng.normal(2.0, 1.0, 20))
+    large = bootstrap_mean(rng.normal(2.0, 1.0, 2000))
+    assert large.ci_high - large.ci_low < (small.ci_high - small.ci_low) / 5
+    assert large.ci_low < 2.0 < large.ci_high
+    # the normal-theory half width 1.96 / sqrt(n) for unit variance
+    assert (large.ci_high - large.ci_low) / 2 == pytest.approx(1.96 / math.sqrt(2000), rel=0.15)
+
+
+def test_bootstrap_ratio_resamples_units_and_handles_decreasing_transforms():
+    num, den = [-10.0, -30.0, -20.0], [10.0, 10.0, 20.0]
+    est = bootstrap_ratio(num, den, seed=0)
+    assert est.value == pytest.approx(-60 / 40)
+    idx = np.random.default_rng(0).integers(0, 3, size=(1000, 3))
+    ratios = np.asarray(num)[idx].sum(1) / np.asarray(den)[idx].sum(1)
+    assert est.ci_low == pytest.approx(np.quantile(ratios, 0.025))
+    ppl = bootstrap_ratio(num, den, transform=lambda v: np.exp(-v), seed=0)
+    assert ppl.value == pytest.approx(math.exp(1.5))
+    assert ppl.ci_low == pytest.approx(math.exp(-est.ci_high)) and ppl.ci_low <= ppl.ci_high
+    with pytest.raises(ValueError):
+        bootstrap_ratio([1.0], [1.0, 2.0])
+
+
+def test_bootstrap_statistic_recomputes_on_resampled_units():
+    est = bootstrap_statistic(["a", "b", "c", "d"], lambda xs: len(set(xs)) / len(xs), n_boot=200)
+    assert est.value == 1.0 and est.ci_high == 1.0 and est.ci_low < 1.0
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def test_pair_accuracy_on_a_constructed_case():
+    # positives 2.0 and -1.0 against negatives 0.0 and -1.0: wins 1 + 1 + 0 + 0.5 (tie) of 4
+    assert ev.pair_accuracy([2.0, -1.0], [0.0, -1.0]) == pytest.approx(2.5 / 4)
+    assert ev.pair_accuracy([0.0], [0.0]) == 0.5  # the reference itself: all rewards are 0
+    assert math.isnan(ev.pair_accuracy([], [1.0]))
+
+
+def test_distinct_n_and_round_robin():
+    assert ev.distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
+    assert ev.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
+    assert ev.distinct_n(["Hi!", "hi !"], 1) == pytest.approx(2 / 4)
+    assert math.isnan(ev.distinct_n(["one"], 2))
+    rows = [{"id": i, "category": c} for i, c in enumerate("aaabbc")]
+    assert [r["id"] for r in ev.round_robin(rows, 4)] == [0, 3, 5, 1]
+    assert ev.round_robin(rows, None) == rows
+
+
+def test_harmful_compliance_needs_both_no_refusal_and_harm():
+    assert ev.harmful_compliance([0.0, 1.0, 0.0, 1.0], [0.9, 0.9, 0.1, 0.1]) == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_token_kl_is_zero_for_the_same_model_and_positive_otherwise(tiny_model, tokenizer):
+    from negalign.models import tiny_llama
+
+    prompts = [[{"role": "user", "content": "Say hi."}], [{"role": "user", "content": "A longer prompt here."}]]
+    replies = ["Hello there", "Sure"]
+    sums, counts = ev.token_kl(tiny_model, tiny_model, tokenizer, prompts, replies, batch_size=2)
+    assert sums == [0.0, 0.0] and counts == [3, 2]  # text tokens + end of turn
+    other = tiny_llama(tokenizer, seed=1)
+    sums2, _ = ev.token_kl(tiny_model, other, tokenizer, prompts, replies, batch_size=2)
+    alone, _ = ev.token_kl(tiny_model, other, tokenizer, prompts[1:], replies[1:], batch_size=1)
+    assert all(s > 0 for s in sums2)
+    assert sums2[1] == pytest.approx(alone[0], rel=1e-4)  # right padding does not change a row
+
+
+# ------------------------------------------------------------------ end to end
+
+
+class HashEmbedder:
+    """Deterministic bag-of-words hashing 'embedding' so the test needs no MiniLM."""
+
+    def encode(self, texts, **_):
+        out = np.zeros((len(texts), 64))
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 64] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+@pytest.fixture(scope="module")
+def small_classifier():
+    from negalign.scoring.harm_classifier import HarmClassifier
+
+    rows = [{"prompt": f"how do I do bad thing {i}", "response": r, "harm": h}
+            for i in range(6) for r, h in (("here is how: step one, step two", 1.0),
+                                            ("I cannot help with that.", 0.0))]
+    return HarmClassifier(embedder=HashEmbedder()).fit(rows)
+
+
+SMALL = dict(n_harmful=3, n_benign=2, n_overrefusal=2, n_heldout=3, max_new_tokens=6, n_boot=200,
+             max_response_tokens=24)
+
+
+def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model_dir, tmp_path, small_classifier,
+                                                                      monkeypatch):
+    out = tmp_path / "eval"
+    spec = str(tiny_model_dir)
+    result = ev.evaluate_model(spec, reference_spec=spec, out_dir=out, harm_classifier=small_classifier,
+                               log=lambda *_: None, **SMALL)
+    saved = json.loads((out / ev.EVAL_FILE).read_text())
+    assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))
+    expected = {"harmful_compliance_rate", "harm_score_mean", "refusal_rate", "overrefusal_rate", "judge_win_rate",
+                "benign_perplexity", "benign_perplexity_reference", "kl_per_token", "kl_per_sequence",
+                "heldout_pair_accuracy", "negative_logprob_shift_per_sequence",
+                "negative_logprob_shift_per_token", "distinct_1", "distinct_2"}
+    assert set(saved["metrics"]) == expected
+    for name, m in saved["metrics"].items():
+        assert set(m) == {"value", "ci_low", "ci_high", "n", "level"}, name
+        # the tiny random model's greedy replies are blank lines: no words for distinct-n
+        if name not in ("judge_win_rate", "distinct_1", "distinct_2"):
+            assert m["value"] is not None and m["n"] >= 2, name
+            assert m["ci_low"] is not None and m["ci_low"] <= m["value"] + 1e-9 <= m["ci_high"] + 2e-9, name
+    m = saved["metrics"]
+    rows = [json.loads(line) for line in (out / ev.GENERATIONS_FILE).read_text().splitlines()]
+    benign = [r["response"] for r in rows if r["role"] == "model" and r["set"] == "benign"]
+    d1 = ev.distinct_n(benign, 1)
+    assert m["distinct_1"]["value"] == (None if math.isnan(d1) else pytest.approx(d1))
+    assert m["judge_win_rate"]["value"] is None  # no judge configured
+    # the model against itself: no shift, no KL, the reference's perplexity, coin-flip pair accuracy
+    assert m["kl_per_token"]["value"] == 0.0
+    assert m["negative_logprob_shift_per_sequence"]["value"] == 0.0
+    assert m["heldout_pair_accuracy"]["value"] == 0.5 and m["heldout_pair_accuracy"]["n"] == 2
+    assert m["benign_perplexity"]["value"] == m["benign_perplexity_reference"]["value"] > 1.0
+    assert m["harmful_compliance_rate"]["value"] <= 1.0 - m["refusal_rate"]["value"] + 1e-9
+    assert set(saved["per_category"]) == {"Disinformation and deception", "Hate, harassment and discrimination",
+                                          "Illegal goods and services"}
+    assert saved["settings"]["n_harmful"] == 3 and saved["definitions"]["heldout_pair_accuracy"]
+    # harmful 3 + overrefusal 2 + benign 2 (the reference is the same model: shared) + 2 samples
+    assert len(rows) == 9
+
+    # resume: nothing is generated again, and the results are identical
+    def no_generation(*a, **k):
+        raise AssertionError("generation was redone")
+
+    monkeypatch.setattr("negalign.generation.transformers_backend.TransformersGenerator.generate", no_generation)
+    again = ev.evaluate_model(spec, reference_spec=spec, out_dir=out, harm_classifier=small_classifier,
+                              log=lambda *_: None, **SMALL)
+    assert again["metrics"] == result["metrics"]
+    assert len((out / ev.GENERATIONS_FILE).read_text().splitlines()) == 9
+
+
+def test_evaluate_against_another_model_and_with_a_judge(tiny_model_dir, tmp_path, small_classifier, tokenizer):
+    from negalign.models import tiny_llama
+
+    other = tmp_path / "other"
+    tiny_llama(tokenizer, seed=7).save_pretrained(other, safe_serialization=True)
+    tokenizer.save_pretrained(other)
+
+    class FirstSlotJudge:  # always answers "A": the two-order protocol turns that into ties
+        def generate(self, conversations, config):
+            return [["A"] for _ in conversations]
+
+    result = ev.evaluate_model(str(other), reference_spec=str(tiny_model_dir), out_dir=tmp_path / "e",
+                               harm_classifier=small_classifier, judge=FirstSlotJudge(),
+                               log=lambda *_: None, **SMALL)
+    m = result["metrics"]
+    assert m["kl_per_token"]["value"] > 0
+    assert m["negative_logprob_shift_per_sequence"]["value"] != 0.0
+    assert m["judge_win_rate"]["value"] == 0.5 and m["judge_win_rate"]["n"] == 2
+    assert result["judge"]["stats"]["compare_calls"] == 4
+
+
+def test_evaluate_rejects_bad_counts(tmp_path):
+    from negalign.errors import UserError
+
+    with pytest.raises(UserError, match="n_harmful"):
+        ev.evaluate_model("default", out_dir=tmp_path, n_harmful=0)
+
+
+def test_cli_parser_wiring(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    ev.add_evaluate_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", "runs/x", "--reference", "default", "--n-harmful", "5", "--no-kl"])
+    assert (args.model, args.reference, args.n_harmful, args.no_kl) == ("runs/x", "default", 5, True)
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    assert ev.resolve_model_arg(str(run)) == (str(run / "model"), run / "eval")
+    assert ev.resolve_model_arg("default")[0] == "default"
