@@ -234,10 +234,14 @@ def test_cuda_matches_cpu(tiny_model, tokenizer):
     groups = _groups(tokenizer.eos_token_id)
     with torch.no_grad():
         cpu, _ = group_logprobs(tiny_model, groups)
-        tiny_model.cuda()
-        gpu, lengths = group_logprobs(tiny_model, groups)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            gpu_bf16, _ = group_logprobs(tiny_model, groups)
-    assert gpu.device.type == "cuda" and lengths.device.type == "cuda"
-    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-5)  # TF32 may be on
-    assert ((gpu_bf16 - gpu) / lengths.clamp_min(1)).abs().max() < 0.05
+    tiny_model.cuda()
+    weights = torch.randn(3, 4, device="cuda")
+    naive, _, g_naive = _weighted_backward(tiny_model, groups, "naive", weights)
+    grouped, lengths, g_grouped = _weighted_backward(tiny_model, groups, "grouped", weights)
+    assert grouped.device.type == "cuda" and lengths.device.type == "cuda"
+    torch.testing.assert_close(grouped.cpu(), cpu, atol=1e-3, rtol=1e-5)  # other kernels, maybe TF32
+    torch.testing.assert_close(grouped, naive, atol=1e-3, rtol=1e-5)
+    _assert_grads_close(g_grouped, g_naive, rel=1e-3)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16, _ = group_logprobs(tiny_model, groups)
+    assert ((bf16 - grouped) / lengths.clamp_min(1)).abs().max() < 0.05
