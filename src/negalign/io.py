@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -12,21 +13,41 @@ from typing import Any, Iterable, Iterator
 from negalign.errors import UserError
 
 
+# Errors about the disk, not the program: the user frees space or fixes permissions and reruns.
+_DISK_ERRNOS = {errno.ENOSPC: "disk full while writing", errno.EDQUOT: "disk quota exceeded while writing",
+                errno.EROFS: "cannot write", errno.EACCES: "cannot write"}
+
+
+def disk_error(e: OSError, path: str | os.PathLike) -> UserError | None:
+    """A one-line UserError for a disk-level write failure (full, quota, read-only), else None."""
+    what = _DISK_ERRNOS.get(e.errno)
+    if what is None:
+        return None
+    return UserError(f"{what}: {e.strerror}; fix that and rerun the same command to resume", path=str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            yield Path(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            err = disk_error(e, path)
+            if err is None:
+                raise
+            raise err from None
         _fsync_dir(path.parent)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -68,9 +89,15 @@ class JsonlAppender:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            err = disk_error(e, self.path)
+            if err is None:
+                raise
+            raise err from None
 
     def close(self) -> None:
         self._f.close()
