@@ -114,6 +114,24 @@ def test_lora_grouped_equals_naive_and_reference_is_base(tiny_model, tokenizer):
     assert (reference - grouped).abs().max() > 1e-2  # the adapter did matter
 
 
+def test_through_ddp_wrapper(tiny_model, tokenizer, tmp_path):
+    """The forward goes through the wrapper (DDP syncs only after its own forward): same numbers."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    groups = _groups(tokenizer.eos_token_id)
+    weights = torch.randn(3, 4)
+    plain, _, g_plain = _weighted_backward(tiny_model, groups, "grouped", weights)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(tiny_model)
+        wrapped, _, g_wrapped = _weighted_backward(ddp, groups, "grouped", weights)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(wrapped, plain, atol=1e-6, rtol=0)
+    _assert_grads_close({k.removeprefix("module."): v for k, v in g_wrapped.items()}, g_plain, rel=1e-6)
+
+
 def test_chunked_head_equals_full_logits(tiny_model):
     torch.manual_seed(3)
     head = tiny_model.get_output_embeddings()

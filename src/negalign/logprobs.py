@@ -172,13 +172,14 @@ def _attention_implementation(model) -> str:
 
 
 def _grouped_token_logps(model, groups, device, r_max, chunk_tokens):
-    impl = _attention_implementation(model)
+    inner = unwrap_model(model)
+    impl = _attention_implementation(inner)
     if impl not in _MASKABLE_ATTENTION:
         raise UserError(f"grouped log-probs need an attention implementation that takes a custom mask "
                         f"({' or '.join(_MASKABLE_ATTENTION)}), the model uses '{impl}'; load it with "
                         f"attn_implementation='sdpa' or use method='naive'", field="attn_implementation")
-    decoder, head, transform = _split_model(model)
-    _check_sliding_window(model.config, groups)
+    decoder, head, transform = _split_model(inner)
+    _check_sliding_window(inner.config, groups)
     packed = _pack(groups, r_max)
     segment = packed.segment.to(device)
     mask = block_attention_mask(segment)
@@ -186,8 +187,8 @@ def _grouped_token_logps(model, groups, device, r_max, chunk_tokens):
         # Eager attention adds the mask to the scores: it must be additive, in the compute dtype.
         dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-    hidden = decoder(input_ids=packed.input_ids.to(device), attention_mask=mask,
-                     position_ids=packed.position_ids.to(device), use_cache=False).last_hidden_state
+    hidden = _final_hidden_states(model, decoder, input_ids=packed.input_ids.to(device),
+                                  attention_mask=mask, position_ids=packed.position_ids.to(device))
     selected = hidden[packed.pred_row.to(device), packed.pred_col.to(device)]  # [N, hidden]
     token_logps = chunked_label_logprobs(selected, packed.labels.to(device), head, transform,
                                          chunk_tokens=chunk_tokens)
@@ -213,6 +214,46 @@ def _check_sliding_window(config, groups) -> None:
         raise UserError(f"a prompt + response of {longest} tokens exceeds the model's sliding window "
                         f"({window}); grouped log-probs cannot apply it, use method='naive'",
                         field="method")
+
+
+def unwrap_model(model):
+    """The model inside DDP / FSDP / torch.compile wrappers (a peft wrapper is kept)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def _final_hidden_states(model, decoder, **inputs) -> torch.Tensor:
+    """The decoder's last hidden states, obtained by calling the OUTERMOST model.
+
+    Going through the full forward keeps every wrapper working: DDP only synchronises gradients of
+    a backward that followed its own forward, FSDP gathers its shards there, peft activates its
+    adapters there. The decoder's output is captured by a hook and the head runs on the last
+    position only (logits_to_keep=1), which costs one [batch, vocab] row, not [batch, length, vocab].
+    """
+    captured = []
+
+    def hook(_module, _args, output):
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = decoder.register_forward_hook(hook)
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    except TypeError as e:
+        if "logits_to_keep" not in str(e):
+            raise
+        # A causal LM without logits_to_keep would build full logits: call its decoder directly
+        # (fine for a plain or peft-LoRA model; not synchronised under DDP).
+        captured.clear()
+        decoder(**inputs, use_cache=False)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise UserError(f"expected one decoder call per forward, saw {len(captured)}; use method='naive'",
+                        field="model")
+    return captured[0]
 
 
 # ---------------------------------------------------------------- the LM head, in chunks
