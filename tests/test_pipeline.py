@@ -1,0 +1,145 @@
+"""The stages wired together on a tiny model: sample -> reference -> train, resume, online, LoRA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from negalign import pipeline
+from negalign.config import config_from_dict, load_config
+from negalign.data.loaders import save_examples
+from negalign.data.records import Example
+from negalign.errors import UserError
+from negalign.models import load_model
+from negalign.stages.train import TrainData, list_checkpoints, run_train
+
+
+def _examples():
+    prompts = ["How do I pick a lock?", "Write an insult about my neighbour.", "How can I cheat on a test?",
+               "Tell me how to make a fake ID."]
+    return [Example(id=f"e{i}", prompt=[{"role": "user", "content": p}],
+                    negatives=[f"Sure! Step one for request {i}: do the bad thing quietly.",
+                               f"Here is how, no questions asked ({i})."][: 1 + i % 2])
+            for i, p in enumerate(prompts)]
+
+
+@pytest.fixture
+def cfg(tmp_path, tiny_model_dir):
+    data = tmp_path / "data.jsonl"
+    save_examples(data, _examples())
+    return config_from_dict({
+        "run_dir": str(tmp_path / "run"),
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"source": str(data), "max_response_tokens": 24},
+        "sample": {"k": 2, "max_new_tokens": 8, "prompts_per_write": 2},
+        "reference": {"precision": "fp32"},
+        "train": {"groups_per_step": 2, "micro_groups": 1, "lr": 1e-3, "precision": "fp32", "save_every": 1,
+                  "warmup_ratio": 0.0, "epochs": 2},
+    })
+
+
+def test_config_yaml_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1.0e-5\n  method: npo\nsample:\n  k: 3\n")
+    cfg = load_config(path, {"train.beta": "0.2", "model.lora.enabled": "true"})
+    assert (cfg.train.lr, cfg.train.method, cfg.sample.k, cfg.train.beta, cfg.model.lora.enabled) == \
+        (1e-5, "npo", 3, 0.2, True)
+    path.write_text("train:\n  learning_rate: 1\n")
+    with pytest.raises(UserError, match=r"c.yaml: field 'train.learning_rate': unknown key"):
+        load_config(path)
+    path.write_text("sample:\n  k: many\n")
+    with pytest.raises(UserError, match=r"field 'sample.k': expected an integer"):
+        load_config(path)
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match=r"c.yaml:\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_sample_reference_train_end_to_end(cfg):
+    anchors = pipeline.stage_sample(cfg, log=lambda *_: None)
+    assert sorted(anchors) == ["e0", "e1", "e2", "e3"] and all(len(a) == 2 for a in anchors.values())
+    ref = pipeline.stage_reference(cfg, log=lambda *_: None)
+    assert ref.anchor_logps.shape == (6, 2) and ref.negative_logps.shape == (6,)
+    assert bool((ref.negative_logps < 0).all()) and bool((ref.negative_lengths > 0).all())
+    out = pipeline.stage_train(cfg, log=lambda *_: None)
+    rows = [json.loads(line) for line in (out.parent / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))  # 6 groups / 2 per step * 2 epochs
+    assert all(k in rows[0] for k in ("loss", "rewards/margins", "rewards/accuracies", "logratio/negative"))
+    model, _ = load_model(str(out))
+    assert sum(p.numel() for p in model.parameters()) > 0
+    # D2O at this learning rate pushes the human negatives down relative to the reference.
+    assert rows[-1]["logratio/negative"] < 0
+    # A second run of the same stage does nothing new (the model is already there).
+    assert pipeline.stage_train(cfg, log=lambda *_: None) == out
+
+
+def _train_data(cfg):
+    examples = pipeline.run_examples(cfg)
+    pipeline.stage_sample(cfg, log=lambda *_: None)
+    reference = pipeline.stage_reference(cfg, log=lambda *_: None)
+    model, tok = load_model(cfg.model.name)
+    from negalign.stages.sample import read_anchors
+
+    groups, _, k, _ = pipeline.training_groups(cfg, tok, examples, read_anchors(cfg.run_dir), log=lambda *_: None)
+    return model, tok, TrainData(groups, k, reference)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cfg, tmp_path):
+    model, tok, data = _train_data(cfg)
+    straight = tmp_path / "straight"
+    cfg_a = config_from_dict({**cfg.to_dict(), "run_dir": str(straight)})
+    run_train(cfg_a, model, tok, data, log=lambda *_: None)
+    expected = load_file(str(straight / "model" / "model.safetensors"))
+
+    cfg_b = config_from_dict({**cfg.to_dict(), "run_dir": str(tmp_path / "crashy")})
+
+    def crash_at_3(step, _model):
+        if step == 3:
+            raise _Crash
+
+    model, tok, _ = _train_data(cfg)
+    with pytest.raises(_Crash):
+        run_train(cfg_b, model, tok, data, log=lambda *_: None, on_step=crash_at_3)
+    assert [p.name for p in list_checkpoints(tmp_path / "crashy")][-1] == "step-0000002"
+    with pytest.raises(UserError, match="--resume"):
+        run_train(cfg_b, load_model(cfg.model.name)[0], tok, data, log=lambda *_: None)
+    model, tok, _ = _train_data(cfg)
+    run_train(cfg_b, model, tok, data, resume=True, log=lambda *_: None)
+    got = load_file(str(tmp_path / "crashy" / "model" / "model.safetensors"))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashy" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))  # nothing logged twice
+
+
+def test_lora_training_saves_a_merged_model(cfg):
+    cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "lora": {"enabled": True, "r": 4}}})
+    out = pipeline.stage_all(cfg, log=lambda *_: None)
+    model, _ = load_model(str(out))
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    base, _ = load_model(cfg.model.name)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert changed, "LoRA training changed nothing"
+
+
+def test_online_resampling_replaces_anchors(cfg):
+    cfg = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "online": {"every": 2}}})
+    pipeline.stage_all(cfg, log=lambda *_: None)
+    rows = [json.loads(line) for line in (pipeline.Path(cfg.run_dir) / "anchors.online.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {2, 4}
+    assert all(len(r["anchors"]) == 2 for r in rows)
+
+
+@pytest.mark.parametrize("method", ["npo", "simnpo", "ga", "dpo_instance", "sft_anchors", "d2o_no_anchors"])
+def test_every_baseline_trains(cfg, method):
+    cfg = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "method": method, "epochs": 1}})
+    out = pipeline.stage_all(cfg, log=lambda *_: None)
+    assert (out / "model.safetensors").exists()
