@@ -223,3 +223,16 @@ def test_cli_parser_wiring(tmp_path):
     (run / "model" / "config.json").write_text("{}")
     assert ev.resolve_model_arg(str(run)) == (str(run / "model"), run / "eval")
     assert ev.resolve_model_arg("default")[0] == "default"
+
+
+def test_cached_replies_are_keyed_by_the_weight_files(tmp_path):
+    import os
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    before = ev._gen_fp(str(folder), "model", 8, 0.0, 0)
+    assert before == ev._gen_fp(str(folder), "model", 8, 0.0, 0)
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # retrained in place
+    assert ev._gen_fp(str(folder), "model", 8, 0.0, 0) != before
+    assert ev._gen_fp(str(folder), "model", 16, 0.0, 0) != ev._gen_fp(str(folder), "model", 8, 0.0, 0)

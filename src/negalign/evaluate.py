@@ -54,7 +54,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from negalign.data.records import Messages, fingerprint, normalize_prompt
 from negalign.errors import UserError
@@ -118,11 +118,19 @@ def harmful_compliance(refused: list[float], harm_prob: list[float], threshold: 
 # ------------------------------------------------------------------ model measurements
 
 
-@torch.inference_mode()
 def token_kl(model, reference, tokenizer, prompts: list[Messages], responses: list[str], *,
              batch_size: int = 4, max_response_tokens: int = 256) -> tuple[list[float], list[int]]:
     """Per response: (sum over its positions of KL(model || reference) of the next-token
     distributions, number of positions). Rows are right-padded, so positions need no shifting."""
+    import torch
+
+    with torch.inference_mode():
+        return _token_kl(model, reference, tokenizer, prompts, responses, batch_size, max_response_tokens)
+
+
+def _token_kl(model, reference, tokenizer, prompts, responses, batch_size, max_response_tokens):
+    import torch
+
     from negalign.data.chat import encode_prompt, encode_response
 
     seqs = []
@@ -171,8 +179,10 @@ class GenerationStore:
         return self.rows.get((fp, role, set_name, pid))
 
     def generate(self, generator, role: str, fp: str, set_name: str, items: list[dict], config,
-                 *, chunk: int = 16, log=print) -> list[str]:
-        """Replies for `items`, reusing stored ones; new ones are appended chunk by chunk."""
+                 *, chunk: int | None = None, log=print) -> list[str]:
+        """Replies for `items`, reusing stored ones; new ones are appended chunk by chunk
+        (default: one generator batch per chunk, so a crash loses at most one batch)."""
+        chunk = chunk or getattr(generator, "batch_size", 16)
         todo = [it for it in items if self.get(fp, role, set_name, it["id"]) is None]
         if todo:
             log(f"evaluate: {role}: generating {len(todo)} replies for {set_name} "
@@ -220,9 +230,20 @@ def _harm_classifier(spec, exclude_texts: set[str], exclude_train: bool, heldout
     return HarmClassifier.default(sorted(excluded & known))
 
 
+def model_identity(spec: str) -> list:
+    """The spec plus name, size and mtime of its weight files, so replies cached for a model
+    are not reused after its folder is overwritten by another training run."""
+    from negalign.models import resolve_model_path
+
+    path = Path(resolve_model_path(spec)).expanduser()
+    files = [path] if path.is_file() else sorted(
+        f for f in path.glob("*") if f.suffix in (".safetensors", ".bin", ".gguf", ".pt")) if path.is_dir() else []
+    return [spec] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def _gen_fp(spec: str, role: str, max_new_tokens: int, temperature: float, seed: int) -> str:
-    return fingerprint({"v": FORMAT_VERSION, "model": spec, "role": role, "max_new_tokens": max_new_tokens,
-                        "temperature": temperature, "seed": seed})
+    return fingerprint({"v": FORMAT_VERSION, "model": model_identity(spec), "role": role,
+                        "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
 
 
 def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir: str | Path,
@@ -248,6 +269,8 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
                     ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
             raise UserError(f"must be a positive integer, got {v!r}", field=name)
+    if n_heldout is not None and (not isinstance(n_heldout, int) or n_heldout < 1):
+        raise UserError(f"must be a positive integer or None (all), got {n_heldout!r}", field="n_heldout")
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     out_dir = Path(out_dir)
@@ -311,7 +334,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     kw = dict(max_response_tokens=max_response_tokens)
     b_lp, b_len = response_logprobs(model, tok, b_prompts, ref_replies, **kw)
     b_lp_ref = b_lp if same else response_logprobs(reference, tok, b_prompts, ref_replies, **kw)[0]
-    neg_ppl = lambda x: torch.as_tensor(x).neg().exp().numpy()  # noqa: E731  exp(-mean log p)
+    neg_ppl = lambda x: np.exp(-np.asarray(x))  # noqa: E731  perplexity = exp(-mean log p)
     ppl = bootstrap_ratio(b_lp.tolist(), b_len.tolist(), transform=neg_ppl, **boot)
     ppl_ref = bootstrap_ratio(b_lp_ref.tolist(), b_len.tolist(), transform=neg_ppl, **boot)
     if kl:
