@@ -22,10 +22,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    # Environment variables, not `import transformers` (2+ s): data and config errors answer at once.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -81,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from negalign import pipeline
-
     if args.command in ("sample", "reference", "train", "run"):
         if args.command == "run" and args.config_file:
             args.config = args.config_file
-        cfg = _config(args)
+        cfg = _config(args)  # before importing torch: config mistakes are reported at once
+        from negalign import pipeline
+
         if args.command == "sample":
             pipeline.stage_sample(cfg)
         elif args.command == "reference":

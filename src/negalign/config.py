@@ -203,7 +203,57 @@ def _build(cls, values: dict, prefix: str, where: str | None):
 
 
 def config_from_dict(values: dict, where: str | None = None) -> Config:
-    return _build(Config, values or {}, "", where)
+    cfg = _build(Config, values or {}, "", where)
+    check_values(cfg, where)
+    return cfg
+
+
+_AT_LEAST_1 = ("train.groups_per_step", "train.micro_groups", "train.epochs", "train.chunk_tokens",
+               "train.log_every", "train.keep_checkpoints", "train.max_nonfinite_steps", "sample.batch_size",
+               "sample.prompts_per_write", "sample.max_new_tokens", "reference.batch_tokens",
+               "data.max_prompt_tokens", "data.max_response_tokens")
+_AT_LEAST_0 = ("sample.k", "train.save_every", "train.online.every")
+_CHOICES = {"train.precision": ("bf16", "fp32"), "reference.precision": ("bf16", "fp32"),
+            "sample.backend": ("auto", "transformers", "vllm", "openai")}
+
+
+def check_values(cfg: Config, where: str | None = None) -> None:
+    """Value checks that need no model: a bad value fails here, naming the file and key, before any load."""
+    def get(key):
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    def bad(key, message):
+        raise UserError(message, path=where, field=key)
+
+    for key in _AT_LEAST_1:
+        if get(key) < 1:
+            bad(key, f"must be at least 1, got {get(key)}")
+    for key in _AT_LEAST_0:
+        if get(key) < 0:
+            bad(key, f"must be 0 or more, got {get(key)}")
+    for key in ("train.max_steps", "data.limit", "data.max_negatives_per_prompt"):
+        if get(key) is not None and get(key) < 1:
+            bad(key, f"must be at least 1 (or empty), got {get(key)}")
+    for key, choices in _CHOICES.items():
+        if get(key) not in choices:
+            bad(key, f"expected one of {', '.join(choices)}, got {get(key)!r}")
+    if cfg.sample.backend == "openai" and not cfg.sample.base_url:
+        bad("sample.base_url", "required when sample.backend is 'openai'")
+    if not cfg.train.lr > 0:
+        bad("train.lr", f"must be positive, got {cfg.train.lr}")
+    if not 0 <= cfg.train.warmup_ratio < 1:
+        bad("train.warmup_ratio", f"must be in [0, 1), got {cfg.train.warmup_ratio}")
+    if not 0 < cfg.sample.top_p <= 1:
+        bad("sample.top_p", f"must be in (0, 1], got {cfg.sample.top_p}")
+    if cfg.sample.temperature < 0:
+        bad("sample.temperature", f"must be 0 or more, got {cfg.sample.temperature}")
+    from negalign.objectives import OBJECTIVES  # torch; after the cheap checks
+
+    if cfg.train.method not in OBJECTIVES:
+        bad("train.method", f"unknown method {cfg.train.method!r}; choose from {', '.join(OBJECTIVES)}")
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -143,6 +143,7 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
                lora: LoraSpec | None = None, trust_remote_code: bool = False,
                allow_pickle: bool = False):
     """Load (model, tokenizer). Safetensors only unless `allow_pickle`; remote code off by default."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec)
@@ -161,7 +162,7 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, trust_remote_code=trust_remote_code,
                 use_safetensors=None if allow_pickle else True)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:  # unreadable config or weights files
             raise UserError(f"cannot load model: {str(e).splitlines()[0][:200]}", path=path) from None
         tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
     model.to(device)
