@@ -1,0 +1,467 @@
+"""rDPO data generation: a teacher answers, critiques its answer against a principle, and revises it.
+
+For each prompt the teacher holds ONE chat:
+
+    user: x                          -> assistant: y_o       (the original answer)
+    user: critique request            -> assistant: critique  (against the preset's principle)
+    user: revision request            -> assistant: y_r       (the revision)
+
+Presets (src/negalign/presets/*.yaml, the project's own texts) give the principle, the two
+requests and the prompts: sets of requests, each wrapped in one of the set's templates (a jailbreak
+persona, a stated stance, an injected role-play persona). Any key can be overridden in the config.
+
+critique.jsonl gets one row per prompt, written and fsynced chunk by chunk; a rerun skips the
+prompts already there, so an interrupted run resumes without loss or duplicates. Empty teacher
+output is recorded with its reason and skipped; a teacher that fails (server down after its
+retries, a crash in the backend) is recorded as an error and retried by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from negalign.data.records import Messages, fingerprint, prompt_key
+from negalign.errors import UserError
+from negalign.generation.base import GenerationConfig
+from negalign.io import JsonlAppender, read_jsonl_tolerant, write_json
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+CRITIQUE_FILE = "critique.jsonl"
+META_SUFFIX = ".meta.json"
+
+# Statuses of a critique row. "error" rows are retried by the next run; the others are final.
+OK, SKIPPED, ERROR = "ok", "skipped", "error"
+
+
+# ---------------------------------------------------------------- presets and templates
+
+@dataclass
+class PromptSet:
+    """Requests and the templates that wrap them; request i gets wrapper (i mod len(wrappers))."""
+    name: str
+    wrappers: list[str]
+    items: list[str] = field(default_factory=list)
+    source: str | None = None   # pyrit | strongreject | strongreject-small | advbench | a .txt/.jsonl file
+
+
+@dataclass
+class Preset:
+    name: str
+    principle: str
+    critique_request: str
+    revision_request: str
+    prompt_sets: list[PromptSet]
+    description: str = ""
+    where: str | None = None    # the YAML file it came from, for error messages
+
+
+def check_template(template: Any, allowed: set[str], *, where: str | None, key: str) -> str:
+    """A template is a non-empty string whose {placeholders} are all in `allowed`."""
+    if not isinstance(template, str) or not template.strip():
+        raise UserError("must be a non-empty string", path=where, field=key)
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise UserError(f"bad template ({e}); write {{{{ and }}}} for literal braces", path=where, field=key) from None
+    unknown = sorted(names - allowed)
+    if unknown:
+        raise UserError(f"unknown placeholder {{{unknown[0]}}}; allowed: "
+                        f"{', '.join('{' + a + '}' for a in sorted(allowed)) or 'none'}", path=where, field=key)
+    return template
+
+
+def render(template: str, **values: str) -> str:
+    return template.format(**values)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", path=str(path),
+                        line=None if line is None else line + 1) from None
+    if not isinstance(doc, dict):
+        raise UserError("a preset must be a mapping", path=str(path))
+    return doc
+
+
+def load_preset(name_or_path: str, overrides: dict[str, Any] | None = None) -> Preset:
+    """A bundled preset by name (see `preset_names()`) or a YAML file in the same schema.
+
+    `overrides` replaces top-level keys (principle, critique_request, revision_request,
+    prompt_sets); None values are ignored.
+    """
+    path = Path(name_or_path)
+    if name_or_path in preset_names():
+        path = PRESETS_DIR / f"{name_or_path}.yaml"
+    elif not (path.suffix in (".yaml", ".yml") and path.exists()):
+        raise UserError(f"unknown preset {name_or_path!r}: name one of {', '.join(preset_names())} "
+                        f"or an existing .yaml file", field="critique.preset")
+    where = str(path)
+    doc = _read_yaml(path)
+    doc.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {"name", "description", "principle", "critique_request", "revision_request", "prompt_sets"}
+    for key in doc:
+        if key not in known:
+            raise UserError(f"unknown key (known: {', '.join(sorted(known))})", path=where, field=key)
+    principle = check_template(doc.get("principle"), set(), where=where, key="principle")
+    sets = doc.get("prompt_sets")
+    if not isinstance(sets, list) or not sets:
+        raise UserError("must be a non-empty list of prompt sets", path=where, field="prompt_sets")
+    return Preset(
+        name=str(doc.get("name") or path.stem),
+        description=str(doc.get("description") or ""),
+        principle=principle,
+        critique_request=check_template(doc.get("critique_request"), {"principle"}, where=where,
+                                         key="critique_request"),
+        revision_request=check_template(doc.get("revision_request"), {"principle"}, where=where,
+                                        key="revision_request"),
+        prompt_sets=[_prompt_set(s, i, where) for i, s in enumerate(sets)],
+        where=where,
+    )
+
+
+def _prompt_set(raw: Any, i: int, where: str) -> PromptSet:
+    key = f"prompt_sets[{i}]"
+    if not isinstance(raw, dict):
+        raise UserError("must be a mapping with wrappers and items or a source", path=where, field=key)
+    unknown = sorted(set(raw) - {"name", "wrappers", "items", "source"})
+    if unknown:
+        raise UserError("unknown key (known: items, name, source, wrappers)", path=where, field=f"{key}.{unknown[0]}")
+    wrappers = raw.get("wrappers") or ["{request}"]
+    if not isinstance(wrappers, list):
+        raise UserError("must be a list of templates", path=where, field=f"{key}.wrappers")
+    wrappers = [check_template(w, {"request"}, where=where, key=f"{key}.wrappers[{j}]") for j, w in enumerate(wrappers)]
+    for j, w in enumerate(wrappers):
+        if "{request}" not in w:
+            raise UserError("a wrapper must contain {request}", path=where, field=f"{key}.wrappers[{j}]")
+    items = raw.get("items") or []
+    if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
+        raise UserError("must be a list of non-empty strings", path=where, field=f"{key}.items")
+    source = raw.get("source")
+    if not items and not source:
+        raise UserError("needs items or a source", path=where, field=key)
+    return PromptSet(name=str(raw.get("name") or source or f"set{i}"), wrappers=wrappers, items=list(items),
+                     source=None if source is None else str(source))
+
+
+def source_requests(source: str) -> list[str]:
+    """Request texts from a bundled prompt source or a file (.txt: one per line; .jsonl: 'prompt' field)."""
+    from negalign.data import eval_sets
+
+    if source == "pyrit":
+        from negalign.data.pyrit import bundled_negatives
+
+        # the training split only: the held-out pyrit prompts stay unseen for evaluation
+        return [ex.prompt_text for ex in bundled_negatives("train") if len(ex.prompt) == 1]
+    if source in eval_sets.EVAL_SETS:
+        return [row["prompt"] for row in eval_sets.eval_prompts(source)]
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"unknown prompt source {source!r}: use pyrit, {', '.join(eval_sets.EVAL_SETS)}, "
+                        f"or a .txt/.jsonl file", field="source")
+    if path.suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError("expected a JSON object with a 'prompt' string", path=str(path), line=n) from None
+            if not isinstance(text, str) or not text.strip():
+                raise UserError("must be a non-empty string", path=str(path), line=n, field="prompt")
+            out.append(text)
+        return out
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass
+class CritiquePrompt:
+    id: str
+    prompt: Messages          # what the student is trained on: the wrapped request as one user turn
+    meta: dict[str, Any]
+
+
+def build_prompts(preset: Preset, *, limit: int | None = None,
+                  exclude: set[str] | frozenset[str] = frozenset()) -> list[CritiquePrompt]:
+    """The preset's prompts, its sets interleaved (so a limit samples every set), deduplicated.
+
+    `exclude`: request texts to leave out (e.g. evaluation prompts).
+    """
+    per_set = []
+    for s in preset.prompt_sets:
+        requests = list(s.items) + (source_requests(s.source) if s.source else [])
+        rows = []
+        for i, req in enumerate(r for r in requests if r not in exclude):
+            w = i % len(s.wrappers)
+            rows.append((s.name, i, w, render(s.wrappers[w], request=req.strip()), req))
+        per_set.append(rows)
+    out, seen = [], set()
+    for k in range(max((len(r) for r in per_set), default=0)):
+        for rows in per_set:
+            if k >= len(rows):
+                continue
+            set_name, i, w, text, req = rows[k]
+            messages = [{"role": "user", "content": text}]
+            key = prompt_key(messages)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(CritiquePrompt(id=f"{preset.name}-{key}", prompt=messages,
+                                      meta={"preset": preset.name, "set": set_name, "item": i, "wrapper": w,
+                                            "request": req}))
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+# ---------------------------------------------------------------- settings
+
+@dataclass
+class CritiqueConfig:
+    """The `critique` section of an rDPO config."""
+    preset: str = "safety"               # a bundled preset name or a preset YAML file
+    teacher: Any = None                  # generation spec (see generation.factory); empty = the student model
+    limit: int | None = None             # first N prompts (sets interleaved)
+    principle: str | None = None         # overrides of the preset's texts
+    critique_request: str | None = None
+    revision_request: str | None = None
+    system_prompt: str | None = None     # the teacher's system turn, if any
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 160            # answer and revision
+    critique_max_new_tokens: int = 96
+    seed: int = 0
+    prompts_per_write: int = 16
+    output: str = CRITIQUE_FILE          # relative to the run directory
+
+
+def preset_for(c: CritiqueConfig) -> Preset:
+    return load_preset(c.preset, {"principle": c.principle, "critique_request": c.critique_request,
+                                  "revision_request": c.revision_request})
+
+
+def teacher_spec(c: CritiqueConfig, student: str) -> dict:
+    from negalign.generation.factory import parse_spec
+
+    if c.teacher in (None, "", {}):
+        return {"backend": "transformers", "model": student}
+    spec = parse_spec(c.teacher)
+    if spec.get("backend", "auto") in ("transformers", "auto", "vllm"):
+        spec.setdefault("model", student)
+    return spec
+
+
+def critique_settings(c: CritiqueConfig, preset: Preset, teacher: Any) -> dict:
+    """What makes the critique file what it is; a rerun with other settings must not mix rows in."""
+    desc = teacher if isinstance(teacher, (dict, str)) else repr(teacher)
+    keep = {k: v for k, v in asdict(c).items() if k not in ("teacher", "limit", "prompts_per_write", "output",
+                                                           "principle", "critique_request", "revision_request")}
+    return {**keep, "teacher": desc, "principle": preset.principle, "critique_request": preset.critique_request,
+            "revision_request": preset.revision_request}
+
+
+# ---------------------------------------------------------------- the teacher chat
+
+_LABEL = re.compile(r"^\s*(?:\*\*)?(?:here(?:'s| is) (?:the |my )?)?(?:revised|rewritten|new|improved|updated)"
+                    r"(?: version of (?:the|my) )?(?: answer| response| reply)?(?:\*\*)?\s*:\s*(?:\*\*)?\s*",
+                    re.IGNORECASE)
+
+
+def clean_reply(text: str) -> str:
+    """Strip a label a teacher often puts before its revision ("Revised answer:") and wrapping quotes."""
+    text = (text or "").strip()
+    text = _LABEL.sub("", text, count=1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def _ask(teacher, conversations: list[Messages], config: GenerationConfig) -> list[str | Exception]:
+    """One reply per conversation, or the exception that kept the teacher from giving one.
+
+    A failing batch is retried one conversation at a time, so one bad prompt cannot sink the others.
+    """
+    if not conversations:
+        return []
+    try:
+        return _replies(teacher.generate(conversations, config), len(conversations))
+    except Exception as e:  # noqa: BLE001 - any teacher failure is recorded, never fatal
+        if len(conversations) == 1:
+            return [e]
+    out: list[str | Exception] = []
+    for conv in conversations:
+        try:
+            out.extend(_replies(teacher.generate([conv], config), 1))
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+    return out
+
+
+def _replies(result, n: int) -> list[str]:
+    if not isinstance(result, list) or len(result) != n:
+        raise ValueError(f"teacher returned {type(result).__name__} of length "
+                         f"{len(result) if hasattr(result, '__len__') else '?'} for {n} conversations")
+    out = []
+    for r in result:
+        text = r[0] if isinstance(r, list) and r else r
+        out.append(text if isinstance(text, str) else "")
+    return out
+
+
+def _error_text(e: Exception) -> str:
+    return f"teacher_error: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+
+
+def critique_chunk(teacher, prompts: list[CritiquePrompt], preset: Preset, c: CritiqueConfig,
+                   seed: int) -> list[dict]:
+    """Run the three teacher turns for a chunk of prompts (batched per turn); one row per prompt."""
+    system = [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
+    critique_msg = render(preset.critique_request, principle=preset.principle)
+    revision_msg = render(preset.revision_request, principle=preset.principle)
+    rows = [{"id": p.id, "prompt": p.prompt, "meta": p.meta, "status": OK, "reason": None,
+             "original": None, "critique": None, "revision": None} for p in prompts]
+    convs = [system + p.prompt for p in prompts]
+
+    def turn(field: str, followup: str | None, max_new: int, k: int) -> None:
+        live = [i for i, r in enumerate(rows) if r["status"] == OK]
+        if followup is not None:
+            for i in live:
+                convs[i] = convs[i] + [{"role": "user", "content": followup}]
+        gen = GenerationConfig(n=1, temperature=c.temperature, top_p=c.top_p, max_new_tokens=max_new,
+                               seed=seed * 3 + k)
+        for i, reply in zip(live, _ask(teacher, [convs[i] for i in live], gen)):
+            if isinstance(reply, Exception):
+                rows[i].update(status=ERROR, reason=_error_text(reply))
+                continue
+            text = clean_reply(reply) if field == "revision" else reply.strip()
+            rows[i][field] = text
+            if not text:
+                rows[i].update(status=SKIPPED, reason=f"empty_{field}")
+            else:
+                convs[i] = convs[i] + [{"role": "assistant", "content": text}]
+
+    turn("original", None, c.max_new_tokens, 0)
+    turn("critique", critique_msg, c.critique_max_new_tokens, 1)
+    turn("revision", revision_msg, c.max_new_tokens, 2)
+    return rows
+
+
+def read_critiques(path: str | Path) -> dict[str, dict]:
+    """Rows by prompt id; a later row for the same id (a retried error) replaces the earlier one."""
+    return {row["id"]: row for row in read_jsonl_tolerant(path)}
+
+
+def _describe(teacher) -> str:
+    """A stable description of a teacher object (a default repr carries a memory address)."""
+    text = repr(teacher)
+    return type(teacher).__name__ if " at 0x" in text else text
+
+
+def _check_meta(path: Path, settings: dict) -> None:
+    meta = path.with_name(path.name + META_SUFFIX)
+    fp = fingerprint(settings)
+    if meta.exists():
+        old = json.loads(meta.read_text(encoding="utf-8"))
+        if old.get("fingerprint") != fp:
+            changed = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
+            raise UserError(f"this critique file was made with other settings ({', '.join(changed)}); "
+                            "use a new run directory or delete the file", path=str(path))
+    else:
+        write_json(meta, {"fingerprint": fp, "settings": settings})
+
+
+def run_critique(prompts: list[CritiquePrompt], preset: Preset, teacher, c: CritiqueConfig, path: str | Path,
+                 *, teacher_desc: Any = None, log=print) -> list[dict]:
+    """Critique every prompt not yet final in `path`; return the rows of `prompts`, in order.
+
+    Chunks have fixed boundaries and seeds, so a resumed run redoes an interrupted chunk exactly as
+    the first run would have and writes only the rows still missing.
+    """
+    path = Path(path)
+    _check_meta(path, critique_settings(c, preset, teacher_desc if teacher_desc is not None else _describe(teacher)))
+    done = read_critiques(path)
+    final = {i for i, r in done.items() if r.get("status") in (OK, SKIPPED)}
+    todo = [p for p in prompts if p.id not in final]
+    log(f"critique: preset {preset.name}: {len(prompts)} prompts, {len(prompts) - len(todo)} already done")
+    step = max(1, c.prompts_per_write)
+    t0, n_new = time.perf_counter(), 0
+    with JsonlAppender(path) as out:
+        for k in range(0, len(prompts), step):
+            chunk = [p for p in prompts[k:k + step] if p.id not in final]
+            if not chunk:
+                continue
+            for row in critique_chunk(teacher, chunk, preset, c, seed=c.seed * 1_000_003 + k // step):
+                out.write(row)
+                done[row["id"]] = row
+                if row["status"] != ERROR:
+                    final.add(row["id"])
+            n_new += len(chunk)
+            log(f"critique: {sum(p.id in final for p in prompts)}/{len(prompts)} prompts "
+                f"({n_new / (time.perf_counter() - t0):.2f} prompts/s)")
+    rows = [done[p.id] for p in prompts if p.id in done]
+    counts = critique_counts(rows)
+    log("critique: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return rows
+
+
+def critique_counts(rows: list[dict]) -> dict[str, int]:
+    """How many rows are ok, and how many were skipped or failed for each reason."""
+    counts: dict[str, int] = {OK: 0}
+    for r in rows:
+        key = OK if r["status"] == OK else (r["reason"] or r["status"]).split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def make_teacher(c: CritiqueConfig, student: str, *, model=None, tokenizer=None):
+    """The teacher ChatGenerator and a description of it (no secrets) for the meta file."""
+    from negalign.generation.factory import make_generator
+
+    spec = teacher_spec(c, student)
+    return make_generator(dict(spec), model=model, tokenizer=tokenizer), spec
+
+
+# ---------------------------------------------------------------- CLI (`negalign critique`)
+
+def add_critique_parser(sub) -> None:
+    p = sub.add_parser("critique", help="rDPO data: teacher answer, critique and revision per prompt",
+                       description="rDPO data: for each prompt the teacher answers, critiques its answer "
+                                   "against the preset's principle and revises it; writes critique.jsonl "
+                                   "in the run directory (resumable).")
+    p.add_argument("config_file", nargs="?", help="rDPO YAML config (its critique section is used)")
+    p.add_argument("--preset", help=f"one of {', '.join(preset_names())} or a preset .yaml file")
+    p.add_argument("--teacher", help="teacher spec: transformers | openai:MODEL@BASE_URL | http://HOST/v1")
+    p.add_argument("--model", help="student/teacher model when no teacher is given (default: bundled)")
+    p.add_argument("--limit", type=int, help="first N prompts")
+    p.add_argument("--run-dir", help="where critique.jsonl goes")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config key, e.g. --set critique.max_new_tokens=64 (repeatable)")
+
+
+def main_critique(args) -> int:
+    from negalign.rdpo import cli_overrides, load_rdpo_config, stage_critique
+
+    overrides = cli_overrides(args.set)
+    for flag, key in (("preset", "critique.preset"), ("teacher", "critique.teacher"), ("model", "model.name"),
+                      ("limit", "critique.limit"), ("run_dir", "run_dir")):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    settings = load_rdpo_config(args.config_file, overrides)
+    rows = stage_critique(settings)
+    print(f"critique: wrote {len(rows)} rows to {Path(settings.cfg.run_dir) / settings.critique.output}")
+    return 0

@@ -1,0 +1,442 @@
+"""rDPO: critique -> scores -> soft-labelled pairs -> DPO training, from one YAML config.
+
+Pairs: chosen = the teacher's revision y_r, rejected = its original answer y_o. A scorer
+(negalign.scoring.make_scorer spec, oriented so that higher = better) gives s_r and s_o, and
+the pair's label is p = sigmoid((s_r - s_o) / tau) (losses.soft_label, tau = train.tau).
+Training uses the objective "dpo_pairs" (chosen in the anchor slot with K = 1, rejected in the
+negative slot), i.e. losses.dpo_loss(..., label=p). Variants on the same pairs:
+
+    rdpo  label p (soft)               dpo   label 1
+    cdpo  label 1 - epsilon (constant) sft   SFT on the revisions ("sft_anchors")
+
+Run directory: config.yaml (the full config), critique.jsonl (+ .meta.json), pairs.jsonl
+(kept pairs), pairs.dropped.jsonl (dropped, with reasons), pairs.stats.json, reference.safetensors,
+train/, model/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from negalign import config as config_module
+from negalign.config import Config, config_from_dict
+from negalign.critique import (OK, CritiqueConfig, build_prompts, critique_counts, make_teacher, preset_for,
+                               read_critiques, run_critique)
+from negalign.data.records import Example, fingerprint
+from negalign.errors import UserError
+from negalign.io import check_writable_dir, read_jsonl_tolerant, write_json, write_jsonl, write_text
+
+PAIRS_FILE = "pairs.jsonl"
+DROPPED_FILE = "pairs.dropped.jsonl"
+STATS_FILE = "pairs.stats.json"
+VARIANTS = ("rdpo", "dpo", "cdpo", "sft")
+
+# Which way each scorer type points. The pair scores are oriented so that higher = better.
+HIGHER_IS_BETTER = {"harm_classifier": False, "judge": False, "refusal": True, "reward_model": True}
+# A preset's default scorer; presets without one need `rdpo.scorer` (a reward model or a judge).
+PRESET_SCORERS = {"safety": "harm_classifier"}
+
+
+@dataclass
+class RdpoConfig:
+    """The `rdpo` section of an rDPO config (the label temperature is train.tau)."""
+    variant: str = "rdpo"                 # rdpo | dpo | cdpo | sft
+    scorer: Any = None                    # make_scorer spec; empty = the preset's default
+    higher_is_better: bool | None = None  # empty = by scorer type (harm_classifier, judge: lower is better)
+    filter_not_better: bool = False       # drop pairs whose revision does not score above the original
+    min_margin: float = 0.0               # with the filter: require s_r - s_o > min_margin
+    cdpo_epsilon: float = 0.1             # cDPO's constant label is 1 - epsilon
+
+
+@dataclass
+class RdpoSettings:
+    cfg: Config
+    critique: CritiqueConfig
+    rdpo: RdpoConfig
+    where: str | None = None
+
+    def to_dict(self) -> dict:
+        return {**self.cfg.to_dict(), "critique": asdict(self.critique), "rdpo": asdict(self.rdpo)}
+
+
+# ---------------------------------------------------------------- config
+
+def _apply_overrides(values: dict, overrides: dict[str, Any]) -> None:
+    for dotted, value in overrides.items():
+        node = values
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError("cannot override inside a non-mapping key", field=dotted)
+        node[parts[-1]] = value
+
+
+def rdpo_settings_from_dict(values: dict, where: str | None = None) -> RdpoSettings:
+    values = dict(values or {})
+    crit = values.pop("critique", None) or {}
+    rd = values.pop("rdpo", None) or {}
+    for name, section in (("critique", crit), ("rdpo", rd)):
+        if not isinstance(section, dict):
+            raise UserError("expected a mapping", path=where, field=name)
+    cfg = config_from_dict(values, where)
+    settings = RdpoSettings(cfg, config_module._build(CritiqueConfig, crit, "critique", where),
+                            config_module._build(RdpoConfig, rd, "rdpo", where), where)
+    check_settings(settings)
+    return settings
+
+
+def check_settings(s: RdpoSettings) -> None:
+    r, w = s.rdpo, s.where
+    if r.variant not in VARIANTS:
+        raise UserError(f"unknown variant {r.variant!r}; choose from {', '.join(VARIANTS)}", path=w,
+                        field="rdpo.variant")
+    if not 0.0 <= r.cdpo_epsilon < 0.5:
+        raise UserError(f"must be in [0, 0.5), got {r.cdpo_epsilon}", path=w, field="rdpo.cdpo_epsilon")
+    if not (s.cfg.train.tau > 0 and math.isfinite(s.cfg.train.tau)):
+        raise UserError(f"must be a positive number, got {s.cfg.train.tau}", path=w, field="train.tau")
+    c = s.critique
+    if c.limit is not None and c.limit < 1:
+        raise UserError("must be at least 1", path=w, field="critique.limit")
+    for key in ("max_new_tokens", "critique_max_new_tokens", "prompts_per_write"):
+        if getattr(c, key) < 1:
+            raise UserError("must be at least 1", path=w, field=f"critique.{key}")
+
+
+def load_rdpo_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RdpoSettings:
+    """Read an rDPO YAML config (Config sections plus `critique` and `rdpo`), then dotted overrides."""
+    values: dict = {}
+    where = None
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise UserError("config file does not exist", path=where)
+        try:
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", path=where,
+                            line=None if line is None else line + 1) from None
+        if not isinstance(values, dict):
+            raise UserError("a config must be a mapping of sections", path=where)
+    _apply_overrides(values, overrides or {})
+    return rdpo_settings_from_dict(values, where)
+
+
+def cli_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set section.key=value` pairs; values are parsed as YAML scalars (numbers, true, null)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"expected SECTION.KEY=VALUE, got {item!r}", field="--set")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+# ---------------------------------------------------------------- scores, labels, filter
+
+def scorer_spec(s: RdpoSettings) -> tuple[Any, bool]:
+    """The scorer spec and its orientation (True: higher raw score = better answer)."""
+    spec = s.rdpo.scorer
+    if spec in (None, "", {}):
+        spec = PRESET_SCORERS.get(Path(s.critique.preset).stem)
+        if spec is None:
+            raise UserError(f"preset {s.critique.preset!r} has no default scorer; set rdpo.scorer to a reward "
+                            f"model (reward_model:PATH) or a judge", path=s.where, field="rdpo.scorer")
+    if s.rdpo.higher_is_better is not None:
+        return spec, s.rdpo.higher_is_better
+    kind = spec.get("type") if isinstance(spec, dict) else str(spec).partition(":")[0]
+    return spec, HIGHER_IS_BETTER.get(kind, True)
+
+
+def same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+def score_rows(rows: list[dict], scorer, higher_is_better: bool) -> tuple[list[float], list[float]]:
+    """(s_o, s_r) for each row, oriented so that higher = better; one scorer call for all answers."""
+    if not rows:
+        return [], []
+    prompts = [r["prompt"] for r in rows] * 2
+    answers = [r["original"] for r in rows] + [r["revision"] for r in rows]
+    raw = [float(x) for x in scorer.score(prompts, answers)]
+    if len(raw) != len(answers):
+        raise UserError(f"scorer returned {len(raw)} scores for {len(answers)} answers", field="rdpo.scorer")
+    sign = 1.0 if higher_is_better else -1.0
+    oriented = [sign * x for x in raw]
+    return oriented[:len(rows)], oriented[len(rows):]
+
+
+@dataclass
+class PairStats:
+    """Where every critique row went: teacher skips, pair drops by reason, and the kept pairs."""
+    prompts: int = 0
+    teacher: dict[str, int] = field(default_factory=dict)   # critique statuses (ok, empty_*, teacher_error)
+    dropped: dict[str, int] = field(default_factory=dict)   # identical, score_nan, not_better
+    kept: int = 0
+    label_mean: float | None = None
+    margin_mean: float | None = None                        # mean s_r - s_o over kept pairs
+    revision_better: int = 0                                # kept pairs with s_r > s_o
+
+    def summary(self) -> str:
+        skipped = {k: v for k, v in self.teacher.items() if k != OK}
+        parts = [f"{self.kept}/{self.prompts} pairs kept"]
+        if skipped:
+            parts.append("teacher: " + ", ".join(f"{v} {k}" for k, v in skipped.items()))
+        if self.dropped:
+            parts.append("dropped: " + ", ".join(f"{v} {k}" for k, v in self.dropped.items()))
+        if self.kept:
+            parts.append(f"revision scored higher in {self.revision_better}/{self.kept}, mean label "
+                         f"{self.label_mean:.3f}, mean margin {self.margin_mean:+.4f}")
+        return "; ".join(parts)
+
+
+def make_pairs(rows: list[dict], scores_original: list[float], scores_revision: list[float], *, tau: float,
+               filter_not_better: bool = False, min_margin: float = 0.0) -> tuple[list[dict], list[dict], PairStats]:
+    """Pairs (chosen = revision, rejected = original) with soft labels, the dropped rows, and stats.
+
+    `rows` are the scorable critique rows (status ok, revision differs from the original), in the
+    order of the scores. Drops: a NaN score ("score_nan"), and with the filter a revision that does
+    not beat the original by more than `min_margin` ("not_better").
+    """
+    from negalign.losses import soft_label
+
+    stats = PairStats(prompts=len(rows))
+    kept, dropped = [], []
+    labels = soft_label(torch.tensor(scores_revision, dtype=torch.float64),
+                        torch.tensor(scores_original, dtype=torch.float64), tau=tau).tolist() if rows else []
+    for row, s_o, s_r, p in zip(rows, scores_original, scores_revision, labels):
+        reason = None
+        if not (math.isfinite(s_o) and math.isfinite(s_r)):
+            reason = "score_nan"
+        elif filter_not_better and not s_r - s_o > min_margin:
+            reason = "not_better"
+        pair = {"id": row["id"], "prompt": row["prompt"], "chosen": row["revision"], "rejected": row["original"],
+                "score_chosen": s_r, "score_rejected": s_o, "label": p, "meta": row.get("meta", {})}
+        if reason:
+            stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
+            dropped.append({**pair, "reason": reason})
+        else:
+            kept.append(pair)
+    stats.kept = len(kept)
+    if kept:
+        stats.label_mean = sum(p["label"] for p in kept) / len(kept)
+        stats.margin_mean = sum(p["score_chosen"] - p["score_rejected"] for p in kept) / len(kept)
+        stats.revision_better = sum(p["score_chosen"] > p["score_rejected"] for p in kept)
+    return kept, dropped, stats
+
+
+def split_scorable(rows: list[dict]) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """(rows to score, rows dropped before scoring with their reason, critique counts)."""
+    counts = critique_counts(rows)
+    scorable, dropped = [], []
+    for r in rows:
+        if r["status"] != OK:
+            continue
+        if same_text(r["original"], r["revision"]):
+            dropped.append({"id": r["id"], "prompt": r["prompt"], "chosen": r["revision"], "rejected": r["original"],
+                            "reason": "identical", "meta": r.get("meta", {})})
+        else:
+            scorable.append(r)
+    return scorable, dropped, counts
+
+
+# ---------------------------------------------------------------- training data
+
+def pair_examples(pairs: list[dict]) -> tuple[list[Example], dict[str, list[str]]]:
+    """Pairs as examples (rejected = the negative) and anchors (chosen = the single anchor)."""
+    examples = [Example(id=p["id"], prompt=p["prompt"], negatives=[p["rejected"]], positives=[p["chosen"]])
+                for p in pairs]
+    return examples, {p["id"]: [p["chosen"]] for p in pairs}
+
+
+def variant_method(variant: str) -> str:
+    return "sft_anchors" if variant == "sft" else "dpo_pairs"
+
+
+def variant_labels(pairs: list[dict], variant: str, epsilon: float = 0.1) -> torch.Tensor | None:
+    """Per-pair labels: rDPO's soft labels, cDPO's constant 1 - epsilon; None (= 1) for DPO and SFT."""
+    if variant == "rdpo":
+        return torch.tensor([float(p["label"]) for p in pairs], dtype=torch.float32)
+    if variant == "cdpo":
+        return torch.full((len(pairs),), 1.0 - epsilon, dtype=torch.float32)
+    if variant in ("dpo", "sft"):
+        return None
+    raise UserError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}", field="rdpo.variant")
+
+
+def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, epsilon: float, *,
+                    reference=None, log=print):
+    """TrainData for `variant`: groups [chosen, rejected] per pair, K = 1, labels, reference scores.
+
+    `reference` (ReferenceScores of the same pairs) is reused when given; otherwise it is computed
+    (and cached in the run directory) for the methods that need one.
+    """
+    from negalign.groups import Tokenizer, build_groups, group_index
+    from negalign.objectives import get_objective
+    from negalign.stages.reference import run_reference
+    from negalign.stages.train import TrainData
+
+    examples, anchors = pair_examples(pairs)
+    tok = Tokenizer(tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
+    groups = build_groups(tok, examples, group_index(examples), anchors)
+    if tok.stats.prompts or tok.stats.responses:
+        log(f"data: {tok.stats.summary()}")
+    if reference is None and get_objective(variant_method(variant)).needs_reference:
+        from negalign.pipeline import load_plain
+
+        reference = run_reference(cfg, groups, 1, lambda spec: load_plain(cfg, spec)[0], log=log)
+    return TrainData(groups=groups, n_anchors=1, reference=reference,
+                     labels=variant_labels(pairs, variant, epsilon))
+
+
+# ---------------------------------------------------------------- stages
+
+def prepare(settings: RdpoSettings) -> Path:
+    run_dir = check_writable_dir(settings.cfg.run_dir)
+    write_text(run_dir / "config.yaml", yaml.safe_dump(settings.to_dict(), sort_keys=False, allow_unicode=True))
+    return run_dir
+
+
+def stage_critique(settings: RdpoSettings, *, teacher=None, exclude: set[str] | None = None,
+                   log=print) -> list[dict]:
+    """critique.jsonl for the configured preset; `teacher` (a ChatGenerator) replaces the configured one."""
+    run_dir = prepare(settings)
+    c = settings.critique
+    preset = preset_for(c)
+    prompts = build_prompts(preset, limit=c.limit, exclude=exclude or set())
+    if not prompts:
+        raise UserError("the preset yields no prompts", path=preset.where, field="prompt_sets")
+    path = run_dir / c.output
+    done = read_critiques(path)
+    if all(p.id in done and done[p.id]["status"] != "error" for p in prompts):
+        rows = [done[p.id] for p in prompts]
+        log(f"critique: all {len(prompts)} prompts already done")
+        return rows
+    desc: Any
+    if teacher is None:
+        model = tok = None
+        from negalign.critique import teacher_spec
+
+        if teacher_spec(c, settings.cfg.model.name).get("backend") in ("transformers", "auto"):
+            from negalign.pipeline import load_plain
+
+            model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"))
+        teacher, desc = make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok)
+    else:
+        desc = repr(teacher)
+    return run_critique(prompts, preset, teacher, c, path, teacher_desc=desc, log=log)
+
+
+def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=print) -> tuple[list[dict], PairStats]:
+    """Score, label and filter; writes pairs.jsonl, pairs.dropped.jsonl and pairs.stats.json (cached)."""
+    from negalign.scoring import make_scorer
+
+    run_dir = Path(settings.cfg.run_dir)
+    spec, higher = scorer_spec(settings)
+    r = settings.rdpo
+    key = fingerprint({"rows": [[x["id"], x["status"], x["original"], x["revision"]] for x in rows],
+                       "scorer": spec if scorer is None else repr(scorer), "higher_is_better": higher,
+                       "tau": settings.cfg.train.tau, "filter": r.filter_not_better, "min_margin": r.min_margin})
+    stats_path = run_dir / STATS_FILE
+    if stats_path.exists() and (run_dir / PAIRS_FILE).exists():
+        import json
+
+        saved = json.loads(stats_path.read_text(encoding="utf-8"))
+        if saved.get("fingerprint") == key:
+            pairs = read_jsonl_tolerant(run_dir / PAIRS_FILE)
+            stats = PairStats(**saved["stats"])
+            log(f"pairs: cached; {stats.summary()}")
+            return pairs, stats
+    scorable, early_drops, counts = split_scorable(rows)
+    if scorer is None:
+        scorer = make_scorer(spec)
+    log(f"pairs: scoring {len(scorable)} pairs with {spec if isinstance(spec, str) else spec.get('type')} "
+        f"({'higher' if higher else 'lower'} raw score = better), tau={settings.cfg.train.tau}")
+    s_o, s_r = score_rows(scorable, scorer, higher)
+    pairs, dropped, stats = make_pairs(scorable, s_o, s_r, tau=settings.cfg.train.tau,
+                                       filter_not_better=r.filter_not_better, min_margin=r.min_margin)
+    stats.prompts = len(rows)
+    stats.teacher = counts
+    if early_drops:
+        stats.dropped = {"identical": len(early_drops), **stats.dropped}
+    write_jsonl(run_dir / PAIRS_FILE, pairs)
+    write_jsonl(run_dir / DROPPED_FILE, early_drops + dropped)
+    write_json(stats_path, {"fingerprint": key, "stats": asdict(stats)})
+    log(f"pairs: {stats.summary()}")
+    return pairs, stats
+
+
+def stage_train(settings: RdpoSettings, pairs: list[dict], *, reference=None, resume: bool = False,
+                log=print):
+    """Train the configured variant on `pairs`; returns (model folder, reference scores or None)."""
+    from negalign.pipeline import _device, _lora_spec
+    from negalign.models import load_model
+    from negalign.stages.train import run_train
+
+    cfg, r = settings.cfg, settings.rdpo
+    cfg.train.method = variant_method(r.variant)
+    run_dir = Path(cfg.run_dir)
+    if (run_dir / "train" / "done.json").exists() and (run_dir / "model").exists():
+        log(f"train: already finished; the model is in {run_dir / 'model'}")
+        return run_dir / "model", reference
+    if not pairs:
+        raise UserError("no pairs to train on: every critique row was skipped or dropped (see pairs.stats.json)",
+                        path=str(run_dir / STATS_FILE))
+    model, tokenizer = load_model(cfg.model.name, device=_device(), lora=_lora_spec(cfg),
+                                  trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
+    data = pair_train_data(cfg, tokenizer, pairs, r.variant, r.cdpo_epsilon, reference=reference, log=log)
+    log(f"rdpo: variant {r.variant} (method {cfg.train.method}) on {len(pairs)} pairs")
+    return run_train(cfg, model, tokenizer, data, resume=resume, log=log), data.reference
+
+
+def run_rdpo(config: str | Path | dict | RdpoSettings, overrides: dict[str, Any] | None = None, *,
+             resume: bool = False, log=print) -> Path:
+    """critique -> scores -> pairs -> training in one call; returns the trained model's folder."""
+    if isinstance(config, RdpoSettings):
+        settings = config
+    elif isinstance(config, dict):
+        values = dict(config)
+        _apply_overrides(values, overrides or {})
+        settings = rdpo_settings_from_dict(values)
+    else:
+        settings = load_rdpo_config(config, overrides)
+    rows = stage_critique(settings, log=log)
+    pairs, _ = stage_pairs(settings, rows, log=log)
+    model_dir, _ = stage_train(settings, pairs, resume=resume, log=log)
+    return model_dir
+
+
+# ---------------------------------------------------------------- CLI (`negalign rdpo`)
+
+def add_rdpo_parser(sub) -> None:
+    p = sub.add_parser("rdpo", help="rDPO end to end: critique, score, pairs, train (one YAML config)",
+                       description="rDPO end to end from one YAML config: teacher critique and revision, "
+                                   "scoring, soft-labelled pairs, DPO training. Every stage is cached in the "
+                                   "run directory, so rerunning the command resumes.")
+    p.add_argument("config_file", nargs="?", help="rDPO YAML config, e.g. configs/rdpo_safety.yaml")
+    p.add_argument("--variant", choices=VARIANTS, help="rdpo (soft labels) | dpo | cdpo | sft")
+    p.add_argument("--run-dir")
+    p.add_argument("--limit", type=int, help="first N prompts")
+    p.add_argument("--resume", action="store_true", help="continue training from the last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config key, e.g. --set train.tau=0.1 (repeatable)")
+
+
+def main_rdpo(args: argparse.Namespace) -> int:
+    overrides = cli_overrides(args.set)
+    for flag, key in (("variant", "rdpo.variant"), ("run_dir", "run_dir"), ("limit", "critique.limit")):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    out = run_rdpo(args.config_file, overrides, resume=args.resume)
+    print(f"rdpo: model saved to {out}")
+    return 0

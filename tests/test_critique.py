@@ -1,0 +1,194 @@
+"""rDPO data generation: presets, the three-turn teacher chat, resumable output, bad teacher output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from negalign.critique import (ERROR, OK, SKIPPED, CritiqueConfig, build_prompts, check_template, clean_reply,
+                               critique_counts, load_preset, preset_names, read_critiques, render, run_critique)
+from negalign.errors import UserError
+from negalign.generation.base import GenerationConfig
+from negalign.generation.transformers_backend import TransformersGenerator
+
+FAST = dict(max_new_tokens=6, critique_max_new_tokens=4, prompts_per_write=2)
+
+
+class Recording:
+    """Wraps a ChatGenerator and keeps every conversation it was asked about."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list[list] = []
+
+    def generate(self, conversations, config: GenerationConfig):
+        self.calls.append([list(c) for c in conversations])
+        return self.inner.generate(conversations, config)
+
+
+class Scripted:
+    """A teacher whose reply depends on the conversation: '' or an exception for marked prompts."""
+
+    def __init__(self, empty_marker: str, fail_marker: str | None):
+        self.empty_marker, self.fail_marker = empty_marker, fail_marker
+
+    def generate(self, conversations, config):
+        out = []
+        for conv in conversations:
+            first = conv[0]["content"]
+            if self.fail_marker and self.fail_marker in first:
+                raise ConnectionError("teacher down")
+            empty = self.empty_marker in first and len(conv) == 1
+            out.append(["" if empty else f"reply to turn {len(conv)}"])
+        return out
+
+
+def _preset_file(tmp_path, items, **extra):
+    doc = {"name": "mini", "principle": "Be honest.",
+           "critique_request": "Check against: {principle}", "revision_request": "Rewrite per {principle}",
+           "prompt_sets": [{"name": "s", "wrappers": ["A: {request}", "B: {request}"], "items": items}]}
+    doc.update(extra)
+    path = tmp_path / "mini.yaml"
+    path.write_text(json.dumps(doc), encoding="utf-8")  # JSON is valid YAML
+    return str(path)
+
+
+def test_bundled_presets_render(tokenizer):
+    assert {"safety", "sycophancy", "roleplay"} <= set(preset_names())
+    for name in ("safety", "sycophancy", "roleplay"):
+        preset = load_preset(name)
+        prompts = build_prompts(preset, limit=7)
+        assert len(prompts) == 7 and len({p.id for p in prompts}) == 7
+        for p in prompts:
+            text = p.prompt[0]["content"]
+            assert p.meta["request"].strip() in text and "{" not in text
+        for t in (preset.critique_request, preset.revision_request):
+            rendered = render(t, principle=preset.principle)
+            assert preset.principle in rendered and "{principle}" not in rendered
+    # sets are interleaved, so a small limit sees each of them
+    assert {p.meta["set"] for p in build_prompts(load_preset("sycophancy"), limit=2)} == {"claims", "work"}
+    # safety wraps harmful requests in several personas
+    assert len({p.meta["wrapper"] for p in build_prompts(load_preset("safety"), limit=12)}) == 6
+
+
+def test_template_checks_and_overrides(tmp_path):
+    with pytest.raises(UserError, match=r"unknown placeholder \{reqest\}"):
+        check_template("hi {reqest}", {"request"}, where="f.yaml", key="wrappers[0]")
+    with pytest.raises(UserError, match="must contain"):
+        load_preset(_preset_file(tmp_path, ["x"], prompt_sets=[{"wrappers": ["no slot"], "items": ["x"]}]))
+    with pytest.raises(UserError, match="unknown key"):
+        load_preset(_preset_file(tmp_path, ["x"], principles="typo"))
+    with pytest.raises(UserError, match="unknown preset"):
+        load_preset("nonexistent")
+    path = _preset_file(tmp_path, ["q1", "q2", "q3"])
+    preset = load_preset(path, {"principle": "Be brief.", "critique_request": None})
+    assert preset.principle == "Be brief." and preset.critique_request == "Check against: {principle}"
+    prompts = build_prompts(preset, exclude={"q2"})
+    assert [p.prompt[0]["content"] for p in prompts] == ["A: q1", "B: q3"]
+
+
+def test_clean_reply():
+    assert clean_reply("Revised answer: I can't help with that.") == "I can't help with that."
+    assert clean_reply('**Rewritten response:** "Sure, here is a safer idea."') == "Sure, here is a safer idea."
+    assert clean_reply("Here is the revised answer:\nNo.") == "No."
+    assert clean_reply("Revision is a skill.") == "Revision is a skill."
+    assert clean_reply("   ") == ""
+
+
+@pytest.mark.parametrize("preset_name", ["safety", "sycophancy", "roleplay"])
+def test_three_turn_chat_with_tiny_model(tmp_path, tiny_model, tokenizer, preset_name):
+    preset = load_preset(preset_name)
+    prompts = build_prompts(preset, limit=2)
+    teacher = Recording(TransformersGenerator(tiny_model, tokenizer))
+    rows = run_critique(prompts, preset, teacher, CritiqueConfig(preset=preset_name, **FAST),
+                        tmp_path / "critique.jsonl", log=lambda *_: None)
+    assert [r["id"] for r in rows] == [p.id for p in prompts]
+    for r in rows:
+        assert r["status"] == OK and r["original"] and r["critique"] and r["revision"]
+    # one chat per prompt: answer, then critique request, then revision request in the same conversation
+    first, second, third = teacher.calls
+    assert [len(c) for c in first] == [1, 1] and [len(c) for c in third] == [5, 5]
+    conv = third[0]
+    assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant", "user"]
+    assert conv[1]["content"] == rows[0]["original"] and conv[3]["content"] == rows[0]["critique"]
+    assert preset.principle in conv[2]["content"] and preset.principle in conv[4]["content"]
+    assert len(read_critiques(tmp_path / "critique.jsonl")) == 2
+
+
+def test_resume_after_interruption(tmp_path, tiny_model, tokenizer):
+    preset = load_preset("roleplay")
+    prompts = build_prompts(preset, limit=6)
+    cfg = CritiqueConfig(preset="roleplay", **FAST)
+    path = tmp_path / "critique.jsonl"
+    gen = TransformersGenerator(tiny_model, tokenizer)
+    full = run_critique(prompts, preset, gen, cfg, path, teacher_desc="tiny", log=lambda *_: None)
+    # A kill mid-write: the last row is torn, the one before never written.
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:4]) + lines[4][:25])
+    teacher = Recording(gen)
+    again = run_critique(prompts, preset, teacher, cfg, path, teacher_desc="tiny", log=lambda *_: None)
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    assert sorted(ids) == sorted(p.id for p in prompts)  # every prompt exactly once
+    assert len(teacher.calls) == 3 and len(teacher.calls[0]) == 2  # only the last chunk was redone
+    assert again == full  # a chunk's seed is fixed: the redo equals the first run
+
+
+def test_changed_settings_refuse_to_mix(tmp_path, tiny_model, tokenizer):
+    preset = load_preset("roleplay")
+    prompts = build_prompts(preset, limit=1)
+    path = tmp_path / "critique.jsonl"
+    gen = TransformersGenerator(tiny_model, tokenizer)
+    run_critique(prompts, preset, gen, CritiqueConfig(**FAST), path, teacher_desc="tiny", log=lambda *_: None)
+    other = load_preset("roleplay", {"principle": "Another principle."})
+    with pytest.raises(UserError, match="other settings.*principle"):
+        run_critique(prompts, other, gen, CritiqueConfig(**FAST), path, teacher_desc="tiny", log=lambda *_: None)
+
+
+def test_empty_and_failing_teacher_are_recorded_not_fatal(tmp_path):
+    preset = load_preset(_preset_file(tmp_path, ["fine one", "EMPTY please", "FAIL now", "fine two"]))
+    prompts = build_prompts(preset)
+    path = tmp_path / "critique.jsonl"
+    cfg = CritiqueConfig(prompts_per_write=4)
+    rows = run_critique(prompts, preset, Scripted("EMPTY", "FAIL"), cfg, path, teacher_desc="s", log=lambda *_: None)
+    by = {r["meta"]["request"]: r for r in rows}
+    assert by["fine one"]["status"] == OK and by["fine two"]["revision"] == "reply to turn 5"
+    assert by["EMPTY please"]["status"] == SKIPPED and by["EMPTY please"]["reason"] == "empty_original"
+    assert by["FAIL now"]["status"] == ERROR and "ConnectionError: teacher down" in by["FAIL now"]["reason"]
+    assert critique_counts(rows) == {"ok": 2, "empty_original": 1, "teacher_error": 1}
+    # The next run retries only the failed prompt; the skipped one is final.
+    teacher = Recording(Scripted("EMPTY", None))
+    rows = run_critique(prompts, preset, teacher, cfg, path, teacher_desc="s", log=lambda *_: None)
+    assert [len(c) for c in teacher.calls] == [1, 1, 1]
+    assert critique_counts(rows) == {"ok": 3, "empty_original": 1}
+    assert len(read_critiques(path)) == 4
+
+
+def test_openai_teacher_against_real_local_server(tmp_path, tiny_model, tokenizer):
+    from negalign.generation.openai_backend import OpenAIChatGenerator
+    from negalign.generation.server import serve
+
+    preset = load_preset("sycophancy")
+    prompts = build_prompts(preset, limit=2)
+    with serve(TransformersGenerator(tiny_model, tokenizer), host="127.0.0.1", port=0) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        teacher = OpenAIChatGenerator(server.url, "negalign", timeout=60, max_retries=1, concurrency=2)
+        rows = run_critique(prompts, preset, teacher, CritiqueConfig(**FAST), tmp_path / "c.jsonl",
+                            log=lambda *_: None)
+    assert all(r["status"] == OK and r["revision"] for r in rows)
+    assert teacher.requests_sent == 6  # three turns for each of two prompts
+
+
+def test_unreachable_server_is_an_error_row(tmp_path):
+    import socket
+
+    from negalign.generation.openai_backend import OpenAIChatGenerator
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    preset = load_preset(_preset_file(tmp_path, ["q"]))
+    teacher = OpenAIChatGenerator(f"http://127.0.0.1:{port}/v1", "m", max_retries=0, timeout=2)
+    rows = run_critique(build_prompts(preset), preset, teacher, CritiqueConfig(), tmp_path / "c.jsonl",
+                        log=lambda *_: None)
+    assert rows[0]["status"] == ERROR and rows[0]["reason"].startswith("teacher_error: UserError")

@@ -1,0 +1,159 @@
+"""rDPO: scores -> soft labels -> filtered pairs -> DPO-family training, and the YAML entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from negalign.errors import UserError
+from negalign.rdpo import (cli_overrides, load_rdpo_config, make_pairs, pair_train_data,
+                           rdpo_settings_from_dict, run_rdpo, score_rows, scorer_spec, split_scorable,
+                           variant_labels)
+
+
+def _row(i, original="bad answer", revision="better answer", status="ok", reason=None):
+    return {"id": f"p{i}", "prompt": [{"role": "user", "content": f"question {i}"}], "status": status,
+            "reason": reason, "original": original, "critique": "c", "revision": revision, "meta": {}}
+
+
+def test_soft_label_math():
+    rows = [_row(i) for i in range(4)]
+    s_o, s_r = [0.0, 0.5, 0.2, -1.0], [1.0, 0.5, 0.1, 2.0]
+    for tau in (0.1, 1.0, 5.0):
+        pairs, _, stats = make_pairs(rows, s_o, s_r, tau=tau)
+        expect = [1 / (1 + math.exp(-(r - o) / tau)) for o, r in zip(s_o, s_r)]
+        assert [p["label"] for p in pairs] == pytest.approx(expect, abs=1e-12)
+        assert stats.kept == 4 and stats.label_mean == pytest.approx(sum(expect) / 4)
+    # equal scores give 0.5 whatever tau; tiny tau hardens labels to 0/1
+    hard, _, _ = make_pairs(rows, s_o, s_r, tau=1e-4)
+    assert [round(p["label"], 6) for p in hard] == [1.0, 0.5, 0.0, 1.0]
+    with pytest.raises(ValueError):
+        make_pairs(rows, s_o, s_r, tau=0.0)
+
+
+def test_filter_and_stats():
+    rows = [_row(0), _row(1), _row(2), _row(3, revision="  BAD   answer"), _row(4, status="skipped",
+                                                                            reason="empty_revision")]
+    scorable, early, counts = split_scorable(rows)
+    assert [r["id"] for r in scorable] == ["p0", "p1", "p2"]
+    assert [d["reason"] for d in early] == ["identical"]  # same text up to case and spacing
+    assert counts == {"ok": 4, "empty_revision": 1}
+    s_o, s_r = [0.0, 0.3, 0.1], [0.2, 0.3, float("nan")]
+    kept, dropped, stats = make_pairs(scorable, s_o, s_r, tau=1.0, filter_not_better=True)
+    assert [p["id"] for p in kept] == ["p0"]
+    assert {d["id"]: d["reason"] for d in dropped} == {"p1": "not_better", "p2": "score_nan"}
+    assert stats.dropped == {"not_better": 1, "score_nan": 1} and stats.revision_better == 1
+    kept, _, stats = make_pairs(scorable, s_o, s_r, tau=1.0, filter_not_better=True, min_margin=0.5)
+    assert kept == [] and stats.dropped == {"not_better": 2, "score_nan": 1}
+    kept, _, stats = make_pairs(scorable, s_o, s_r, tau=1.0)  # no filter: a worse revision stays, p <= 0.5
+    assert [p["id"] for p in kept] == ["p0", "p1"] and kept[1]["label"] == 0.5
+    assert "2/3 pairs kept" in stats.summary() and "score_nan" in stats.summary()
+
+
+class HarmLike:
+    """A scorer that reports P(harm) from the answer's text (lower = better)."""
+
+    def score(self, prompts, responses):
+        return [0.9 if "bad" in r else 0.1 for r in responses]
+
+
+def test_scores_are_oriented_higher_is_better():
+    rows = [_row(0)]
+    s_o, s_r = score_rows(rows, HarmLike(), higher_is_better=False)
+    assert s_o == [-0.9] and s_r == [-0.1]
+    pairs, _, _ = make_pairs(rows, s_o, s_r, tau=0.1)
+    assert pairs[0]["label"] > 0.99  # the less harmful revision is preferred
+    base = {"critique": {"preset": "safety"}}
+    assert scorer_spec(rdpo_settings_from_dict(base)) == ("harm_classifier", False)
+    assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": "reward_model:/m"}})) == ("reward_model:/m", True)
+    assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": {"type": "judge"}}}))[1] is False
+    with pytest.raises(UserError, match="no default scorer"):
+        scorer_spec(rdpo_settings_from_dict({"critique": {"preset": "sycophancy"}}))
+
+
+def test_variant_labels():
+    pairs = [{"label": 0.7}, {"label": 0.2}]
+    assert variant_labels(pairs, "rdpo").tolist() == pytest.approx([0.7, 0.2])
+    assert variant_labels(pairs, "cdpo", 0.1).tolist() == pytest.approx([0.9, 0.9])
+    assert variant_labels(pairs, "dpo") is None and variant_labels(pairs, "sft") is None
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("critique:\n  preset: safety\nrdpo:\n  varaint: dpo\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"c.yaml: field 'rdpo.varaint': unknown key"):
+        load_rdpo_config(path)
+    with pytest.raises(UserError, match="rdpo.variant"):
+        load_rdpo_config(None, {"rdpo.variant": "ppo"})
+    with pytest.raises(UserError, match="train.tau"):
+        load_rdpo_config(None, {"train.tau": "-1"})
+    s = load_rdpo_config(None, cli_overrides(["train.tau=0.05", "critique.limit=3", "critique.teacher=openai:m@http://h/v1"]))
+    assert s.cfg.train.tau == 0.05 and s.critique.limit == 3 and s.critique.teacher == "openai:m@http://h/v1"
+    with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
+        cli_overrides(["novalue"])
+
+
+def test_pair_train_data_layout(tokenizer, tiny_model, tmp_path):
+    import contextlib
+
+    from negalign.data.chat import encode_response
+    from negalign.objectives import compute_objective
+    from negalign.stages.train import batch_logps
+
+    s = rdpo_settings_from_dict({"run_dir": str(tmp_path), "train": {"precision": "fp32"}})
+    from negalign.groups import Tokenizer, build_groups, group_index
+    from negalign.rdpo import pair_examples
+    from negalign.stages.reference import ReferenceScores, score_groups
+
+    pairs = [{"id": "a", "prompt": [{"role": "user", "content": "hi"}], "chosen": "good", "rejected": "bad",
+              "label": 0.8}]
+    # the reference comes from the same (tiny) model, so the policy starts equal to it
+
+    ex, anchors = pair_examples(pairs)
+    groups = build_groups(Tokenizer(tokenizer, 64, 64), ex, group_index(ex), anchors)
+    assert groups[0].response_ids == [encode_response(tokenizer, "good")[0], encode_response(tokenizer, "bad")[0]]
+    lp, ln = score_groups(tiny_model, groups, batch_tokens=1024, precision="fp32", log=lambda *_: None)
+    ref = ReferenceScores(lp[:, :1], ln[:, :1], lp[:, 1], ln[:, 1])
+    data = pair_train_data(s.cfg, tokenizer, pairs, "rdpo", 0.1, reference=ref, log=lambda *_: None)
+    assert data.n_anchors == 1 and data.labels.tolist() == pytest.approx([0.8])
+    g = batch_logps(tiny_model, data, [0], "dpo_pairs", chunk_tokens=256, grouped=True,
+                    autocast=contextlib.nullcontext)
+    loss, metrics = compute_objective("dpo_pairs", g, {"beta": 0.1})
+    assert float(loss.detach()[0]) == pytest.approx(math.log(2), abs=1e-4)  # policy == reference: h = 0
+    assert float(g.label[0]) == pytest.approx(0.8)
+
+
+def test_end_to_end_rdpo_on_tiny_model(tiny_model_dir, tmp_path):
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"max_prompt_tokens": 128, "max_response_tokens": 32},
+        "train": {"tau": 0.5, "max_steps": 2, "groups_per_step": 2, "micro_groups": 2, "precision": "fp32",
+                  "lr": 1e-4, "save_every": 0},
+        "critique": {"preset": "roleplay", "limit": 4, "max_new_tokens": 8, "critique_max_new_tokens": 4},
+        "rdpo": {"scorer": "refusal"},
+    }
+    logs = []
+    out = run_rdpo(config, log=logs.append)
+    run = tmp_path / "run"
+    assert (out / "config.json").exists() and any(out.glob("*.safetensors"))
+    metrics = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
+    stats = json.loads((run / "pairs.stats.json").read_text())["stats"]
+    pairs = [json.loads(line) for line in (run / "pairs.jsonl").read_text().splitlines()]
+    assert stats["kept"] == len(pairs) > 0 and all(0 < p["label"] < 1 for p in pairs)
+    assert (run / "critique.jsonl").exists() and (run / "reference.safetensors").exists()
+    assert "rdpo" in (run / "config.yaml").read_text()
+    # rerun: every stage is cached, nothing is redone
+    logs.clear()
+    assert run_rdpo(config, log=logs.append) == out
+    assert any("already done" in str(x) for x in logs) and any("cached" in str(x) for x in logs)
+    # the SFT-on-revisions variant trains on the same critique file, reference-free
+    sft_run = tmp_path / "sft"
+    sft_run.mkdir()
+    (sft_run / "critique.jsonl").write_bytes((run / "critique.jsonl").read_bytes())
+    (sft_run / "critique.jsonl.meta.json").write_bytes((run / "critique.jsonl.meta.json").read_bytes())
+    out = run_rdpo({**config, "run_dir": str(sft_run), "rdpo": {"scorer": "refusal", "variant": "sft"}},
+                   log=lambda *_: None)
+    assert any(out.glob("*.safetensors")) and not (sft_run / "reference.safetensors").exists()
