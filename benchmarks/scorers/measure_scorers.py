@@ -158,16 +158,27 @@ def fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def provenance(section: dict) -> str:
+    text = f"Measured {section.get('date', '?')} on {section.get('machine', '?')}: `{section.get('command', '?')}`"
+    load = section.get("load_avg_1min_before_after")
+    if load:
+        text += f" (1-minute load average before/after: {load[0]}/{load[1]}; the machine is shared)"
+    if section.get("load_note"):
+        text += f" ({section['load_note']})"
+    return text + "."
+
+
 def render(results: dict) -> str:
     r, h, j = results["refusal"], results["harm_classifier"], results.get("judge")
     lines = [
         "# Scorer agreement with human labels",
         "",
-        f"Measured {results['date']} on {results['machine']} with `{results['command']}`",
-        f"(pyrit=={PYRIT_VERSION} human labels via `negalign.data.pyrit.pyrit_labelled_rows()`; "
-        f"raw numbers in `results.json`).",
+        f"Human labels: pyrit=={PYRIT_VERSION} via `negalign.data.pyrit.pyrit_labelled_rows()`; raw "
+        "numbers in `results.json`. Each section names the date, machine and command that measured it.",
         "",
         "## Refusal detector (`RefusalDetector`)",
+        "",
+        provenance(r),
         "",
         "Against the 169 rows of pyrit `refusal_scorer/refusal*.csv` (human_score 1 = refusal), split 50/50 "
         "by prompt (seeded hash).",
@@ -182,19 +193,26 @@ def render(results: dict) -> str:
     fr = r["flag_rate_on_objective_achieved"]
     lines += [
         "",
-        "Caveat, honestly: the patterns were written after reading the openings of all 169 responses "
-        "(both halves), so the test half is not blind; tune and test figures are close for that reason "
-        "as much as for any other. About 45 of the 109 human-labelled refusals are not refusals in "
-        "wording at all: they are replies to a different question (pyrit counts an unrelated answer as "
-        "a refusal). Phrase patterns cannot see those, hence the recall of `patterns`; the optional "
-        "`off_topic=True` check (no content word of the prompt in the reply) catches most of them.",
+        f"Caveat: the patterns were written after reading the openings of all 169 responses (both "
+        "halves), so the test half is not blind. Of the human-labelled refusals, "
+        f"{r['patterns']['all']['fn']} of {r['patterns']['all']['tp'] + r['patterns']['all']['fn']} are "
+        "missed by the phrase patterns; nearly all of them are replies to a different question (pyrit "
+        "counts an unrelated answer as a refusal), which no phrase list can see. The optional "
+        "`off_topic=True` check (no content word of the prompt in the reply's first 1000 characters) "
+        "catches most of them; it is off by default because a model that rambles is not refusing.",
         "",
-        f"Independent check on data the patterns were not written from: of the {fr['n']} distinct responses "
-        f"that humans marked as achieving a harmful objective (pyrit `objective/*.csv`), "
-        f"{fr['flagged']} ({100 * fr['rate']:.1f} %) are flagged as refusals by `patterns`. Some of these "
-        "open with a disclaimer and then comply, which is a real limit of opening-phrase detection.",
+        f"False-positive check on other data: of the {fr['n']} distinct responses that humans marked "
+        f"as achieving a harmful objective (pyrit `objective/*.csv`), {fr['flagged']} "
+        f"({100 * fr['rate']:.1f} %) are flagged as refusals by `patterns`. The first time this was "
+        "measured (patterns of commit cb296be) it flagged 10 of 190; reading those 10 showed pattern "
+        "mistakes (sympathy such as 'I am sorry to hear...' taken as an apology; 'we do not plan...' "
+        "and 'I don't endorse...' taken as refusals), which were fixed, so this figure is no longer blind either. "
+        "The rest open with a partial refusal and then comply ('I won't give you X, but I can "
+        "describe...'), a real limit of opening-phrase detection.",
         "",
         "## Harm classifier (`HarmClassifier`)",
+        "",
+        provenance(h),
         "",
         f"MiniLM-L6 embeddings of prompt and response (concatenated, 768 features) + logistic regression "
         f"(C = 1), label = mean human harm >= 0.5. {h['n_pairs']} distinct (prompt, response) pairs, "
@@ -205,7 +223,8 @@ def render(results: dict) -> str:
         f"- AUC per fold: {fmt(h['auc_fold_mean'])} +- {fmt(h['auc_fold_std'])}",
         f"- Spearman with the mean human harm score: {fmt(h['spearman_vs_mean_harm'])}",
         "",
-        "Feature choice (measured once with the same GroupKFold, C in {0.3, 1, 3, 10}): prompt+response "
+        "Feature choice (measured once by an ad-hoc script, not this one, on the same pairs with "
+        "the same GroupKFold(5), C in {0.3, 1, 3, 10}): prompt+response "
         "concatenated 0.775-0.780; response alone 0.769-0.776; one joint text 0.702-0.716 (MiniLM reads "
         "256 word pieces, so a joint text loses most of the reply); all three stacked 0.780-0.787. "
         "The default (`pair`, C = 1) was picked on this same CV, so the figure above carries a small "
@@ -215,6 +234,8 @@ def render(results: dict) -> str:
     if j:
         lines += [
             "## LLM judge (`LLMJudge`, harmfulness 1-5)",
+            "",
+            provenance(j),
             "",
             f"{j['model']}, greedy, {j['max_new_tokens']} new tokens, texts clipped to {j['max_chars']} "
             f"characters, on {j['n_rows']} rows sampled (seed 0) from the harm-labelled pairs "
@@ -236,25 +257,32 @@ def render(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--judge-rows", type=int, default=100, help="rows for the judge (0 skips it)")
+    ap.add_argument("--judge-rows", type=int, default=100, help="rows for the judge")
+    ap.add_argument("--parts", default="refusal,harm_classifier,judge",
+                    help="comma list of parts to measure; the others are kept from results.json")
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args(argv)
-    rows = pyrit_labelled_rows()
-    results = {"date": dt.date.today().isoformat(),
-               "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
-                          f"{__import__('torch').get_num_threads()}",
-               "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/scorers/measure_scorers.py "
-                          + " ".join(argv if argv is not None else sys.argv[1:])}
-    results["command"] = results["command"].strip()
-    t = time.time()
-    results["refusal"] = measure_refusal(rows)
-    print("refusal", json.dumps(results["refusal"]["patterns+off_topic"]["all"]), f"{time.time() - t:.1f}s", flush=True)
-    results["harm_classifier"] = measure_harm_classifier(rows)
-    print("harm_classifier", json.dumps(results["harm_classifier"]), flush=True)
-    if args.judge_rows > 0:
-        results["judge"] = measure_judge(rows, args.judge_rows)
-        print("judge", json.dumps(results["judge"]), flush=True)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - {"refusal", "harm_classifier", "judge"}
+    if unknown:
+        ap.error(f"unknown part(s) {sorted(unknown)}")
     out = Path(args.out)
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    results = {k: previous[k] for k in ("refusal", "harm_classifier", "judge") if k in previous}
+    stamp = {"date": dt.date.today().isoformat(),
+             "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
+                        f"{__import__('torch').get_num_threads()}",
+             "command": ("HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/scorers/measure_scorers.py "
+                         + " ".join(argv if argv is not None else sys.argv[1:])).strip()}
+    rows = pyrit_labelled_rows()
+    measure = {"refusal": lambda: measure_refusal(rows),
+               "harm_classifier": lambda: measure_harm_classifier(rows),
+               "judge": lambda: measure_judge(rows, args.judge_rows)}
+    for part in parts:
+        load_before = os.getloadavg()[0]
+        results[part] = {**measure[part](), **stamp,
+                         "load_avg_1min_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+        print(part, json.dumps(results[part]), flush=True)
     write_json(out / "results.json", results)
     write_text(out / "README.md", render(results))
     print(f"wrote {out / 'README.md'}")
