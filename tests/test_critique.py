@@ -192,3 +192,20 @@ def test_unreachable_server_is_an_error_row(tmp_path):
     rows = run_critique(build_prompts(preset), preset, teacher, CritiqueConfig(), tmp_path / "c.jsonl",
                         log=lambda *_: None)
     assert rows[0]["status"] == ERROR and rows[0]["reason"].startswith("teacher_error: UserError")
+
+
+def test_critique_command(tmp_path, tiny_model_dir, capsys):
+    import argparse
+
+    from negalign.critique import add_critique_parser, main_critique
+
+    parser = argparse.ArgumentParser()
+    add_critique_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["critique", "--preset", "roleplay", "--model", str(tiny_model_dir), "--limit", "1",
+                              "--run-dir", str(tmp_path), "--set", "critique.max_new_tokens=4",
+                              "--set", "critique.critique_max_new_tokens=4"])
+    assert main_critique(args) == 0
+    rows = read_critiques(tmp_path / "critique.jsonl")
+    assert len(rows) == 1 and "wrote 1 rows" in capsys.readouterr().out
+    with pytest.raises(UserError, match="unknown preset"):
+        main_critique(parser.parse_args(["critique", "--preset", "nope", "--run-dir", str(tmp_path / "x")]))
