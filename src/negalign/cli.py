@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="delete the demo run directory first")
 
+    # Commands whose parsers live beside their code (imports stay light: no torch here).
+    from negalign.critique import add_critique_parser
+    from negalign.evaluate import add_evaluate_parser
+    from negalign.rdpo import add_rdpo_parser
+    from negalign.report import add_report_parser
+
+    add_evaluate_parser(sub)
+    add_report_parser(sub)
+    add_critique_parser(sub)
+    add_rdpo_parser(sub)
+
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     v = dsub.add_parser("validate", help="check a data file and print a summary (exit code 2 on bad input)")
@@ -100,6 +111,11 @@ def _run(args) -> int:
 
         run_demo(args.run_dir, fresh=args.fresh)
         return 0
+    if args.command in ("evaluate", "report", "critique", "rdpo"):
+        import importlib
+
+        module = importlib.import_module(f"negalign.{args.command}")
+        return getattr(module, f"main_{args.command}")(args)
     if args.command == "data":
         from negalign.data.loaders import validate_file
 
