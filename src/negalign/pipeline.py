@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from negalign import distributed
 from negalign.config import Config, save_config
 from negalign.data.records import Example
 from negalign.errors import UserError
@@ -76,7 +75,7 @@ def _lora_spec(cfg: Config) -> LoraSpec | None:
 
 
 def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(distributed.device())  # cuda:LOCAL_RANK under a launcher, so ranks do not share GPU 0
 
 
 def load_plain(cfg: Config, spec: str | None = None):
@@ -89,9 +88,11 @@ def make_sampler(cfg: Config, model=None, tokenizer=None):
     from negalign.generation.factory import make_generator
 
     s = cfg.sample
-    spec = {"backend": s.backend, "model": cfg.model.name, "batch_size": s.batch_size}
+    spec = {"backend": s.backend, "model": cfg.model.name}
     if s.backend == "openai":
         spec.update(base_url=s.base_url, api_key_env=s.api_key_env)
+    elif s.backend in ("transformers", "auto"):  # the other backends refuse keys they do not use
+        spec["batch_size"] = s.batch_size
     return make_generator(spec, model=model, tokenizer=tokenizer)
 
 

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from negalign import distributed
 from negalign.batching import group_token_count, pack_by_token_budget
 from negalign.config import Config
 from negalign.data.records import fingerprint
@@ -88,9 +89,13 @@ def score_groups(model, groups: list[Group], *, batch_tokens: int, precision: st
     was_training = model.training
     model.eval()
     t0, tokens = time.perf_counter(), 0
+    # Under a multi-process launch each process scores every world-th batch, then reads the others'.
+    sharded = partial_dir is not None and distributed.current().world > 1
     try:
         for b, idx in enumerate(batches):
             shard = partial_dir / f"batch-{b:06d}.safetensors" if partial_dir else None
+            if sharded and not distributed.owns(b):
+                continue
             if shard is not None and shard.exists():
                 part = load_file(str(shard))
             else:
@@ -109,7 +114,21 @@ def score_groups(model, groups: list[Group], *, batch_tokens: int, precision: st
                 log(f"{label}: batch {b + 1}/{len(batches)}  ({rate:.0f} tokens/s)")
     finally:
         model.train(was_training)
+    if sharded:
+        _read_other_shards(partial_dir, len(batches), logps, lengths)
     return logps, lengths
+
+
+def _read_other_shards(partial_dir: Path, n_batches: int, logps: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Fill in the batches other processes scored (multi-process hook; see negalign.distributed)."""
+    distributed.barrier()  # every batch file is on disk
+    for b in range(n_batches):
+        if not distributed.owns(b):
+            part = load_file(str(partial_dir / f"batch-{b:06d}.safetensors"))
+            i = part["index"]
+            logps[i, :part["logps"].shape[1]] = part["logps"]
+            lengths[i, :part["lengths"].shape[1]] = part["lengths"]
+    distributed.barrier()  # everyone has read them: rank 0 may now delete the partial folder
 
 
 def load_reference(run_dir: str | Path, expected_fingerprint: str) -> ReferenceScores | None:
@@ -159,11 +178,13 @@ def run_reference(cfg: Config, groups: list[Group], n_anchors: int, load_model_f
         n_lp, n_ln = lp[:, 0], ln[:, 0]
     del model
     scores = ReferenceScores(a_lp, a_ln, n_lp, n_ln)
-    with atomic_path(run_dir / REFERENCE_FILE) as tmp:
-        save_file({"anchor_logps": a_lp.contiguous(), "anchor_lengths": a_ln.contiguous(),
-                   "negative_logps": n_lp.contiguous(), "negative_lengths": n_ln.contiguous()},
-                  str(tmp), metadata={"fingerprint": fp})
-    import shutil
-    shutil.rmtree(run_dir / PARTIAL_DIR, ignore_errors=True)
-    log(f"reference: scored {len(groups)} groups; saved {REFERENCE_FILE}")
+    if distributed.current().main:  # every process holds the same scores; one writes them
+        with atomic_path(run_dir / REFERENCE_FILE) as tmp:
+            save_file({"anchor_logps": a_lp.contiguous(), "anchor_lengths": a_ln.contiguous(),
+                       "negative_logps": n_lp.contiguous(), "negative_lengths": n_ln.contiguous()},
+                      str(tmp), metadata={"fingerprint": fp})
+        import shutil
+        shutil.rmtree(run_dir / PARTIAL_DIR, ignore_errors=True)
+        log(f"reference: scored {len(groups)} groups; saved {REFERENCE_FILE}")
+    distributed.barrier()
     return scores

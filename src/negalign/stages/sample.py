@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+from negalign import distributed
 from negalign.config import Config
 from negalign.data.records import Example, fingerprint
 from negalign.errors import UserError
@@ -58,11 +59,11 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
     if cfg.sample.k == 0:
         return {ex.id: [] for ex in examples}
     check_meta(run_dir, sample_settings(cfg))
-    done = read_anchors(run_dir)
+    done = _read_anchors_and_shards(run_dir)
     todo = [ex for ex in examples if ex.id not in done]
     if not todo:
         log(f"sample: all {len(examples)} prompts already have anchors")
-        return done
+        return _merge_shards(run_dir, examples)
     log(f"sample: {len(todo)} prompts to do ({len(done)} already done), K={cfg.sample.k}")
     gen_cfg = GenerationConfig(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                                max_new_tokens=cfg.sample.max_new_tokens)
@@ -71,10 +72,11 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
     # redraws an interrupted chunk exactly as the first run would have, and keeps only what is missing.
     chunks = [examples[i:i + step] for i in range(0, len(examples), step)]
     t0, n_new = time.perf_counter(), 0
-    with JsonlAppender(run_dir / ANCHORS_FILE) as out:
+    # Under a multi-process launch each process takes every world-th chunk into a shard of its own.
+    with JsonlAppender(distributed.output_path(run_dir / ANCHORS_FILE)) as out:
         for c, chunk in enumerate(chunks):
             missing = [ex for ex in chunk if ex.id not in done]
-            if not missing:
+            if not missing or not distributed.owns(c):
                 continue
             gen_cfg.seed = cfg.sample.seed * 1_000_003 + c
             replies = generator.generate([guided(ex, cfg.sample.system_prompt) for ex in chunk], gen_cfg)
@@ -85,7 +87,24 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
             n_new += len(missing)
             rate = n_new / (time.perf_counter() - t0)
             log(f"sample: {sum(ex.id in done for ex in examples)}/{len(examples)} prompts  ({rate:.2f} prompts/s)")
+    done = _merge_shards(run_dir, examples)
     empty = sum(1 for ex in examples for a in done[ex.id] if not a.strip())
     if empty:
         log(f"sample: {empty} empty anchors (kept: an empty reply is still a sample of the policy)")
     return done
+
+
+# ---------------------------------------------------------------- multi-process hooks (negalign.distributed)
+
+def _read_anchors_and_shards(run_dir: Path) -> dict[str, list[str]]:
+    """Anchors already drawn, in anchors.jsonl or in any rank's shard left by an interrupted run."""
+    return {k: row["anchors"] for k, row in distributed.read_with_shards(run_dir / ANCHORS_FILE, "id").items()}
+
+
+def _merge_shards(run_dir: Path, examples: list[Example]) -> dict[str, list[str]]:
+    """Wait for every process, let rank 0 fold the shards into anchors.jsonl, and read it back."""
+    distributed.barrier()
+    if distributed.current().main and distributed.shard_files(run_dir / ANCHORS_FILE):
+        distributed.merge_jsonl_shards(run_dir / ANCHORS_FILE, "id", [ex.id for ex in examples])
+    distributed.barrier()
+    return read_anchors(run_dir)

@@ -3,7 +3,9 @@
 fp32 master weights with optional bf16 autocast, gradient accumulation over micro-batches of
 groups, AdamW with linear warmup and decay, gradient clipping, non-finite step skipping,
 checkpoints (weights, optimizer, scheduler, RNG, data position) and exact resume. Runs unchanged
-under `accelerate launch` (DDP): each process takes its share of every global batch.
+under `accelerate launch` (DDP, FSDP, DeepSpeed): each process takes its share of every global
+batch, rank 0 alone logs and writes; under FSDP/DeepSpeed the sharded model and optimizer are saved
+and loaded by every rank through accelerate (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -131,16 +134,32 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int) -> Path:
-    """Write step-N/ whole into a temporary folder, then rename: a kill never leaves half a checkpoint."""
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int,
+                    accelerator=None) -> Path:
+    """Write step-N/ whole into a temporary folder, then rename: a kill never leaves half a checkpoint.
+
+    Called by every process. Plain and DDP runs: rank 0 writes the trainable weights and the optimizer
+    (identical on all ranks). FSDP/DeepSpeed (`sharded_state(accelerator)`): every rank writes its
+    shards of model and optimizer through `accelerator.save_state` into accelerate/.
+    """
+    main = accelerator is None or accelerator.is_main_process
     root = run_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = root / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "weights.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    sharded = sharded_state(accelerator)
+    if sharded:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp / "accelerate"))  # collective: each rank its shard
+        accelerator.wait_for_everyone()
+    if not main:
+        return final
+    if not sharded:
+        save_file(_trainable_state(model), str(tmp / "weights.safetensors"))
+    torch.save({"optimizer": None if sharded else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                tmp / "trainer.pt")
@@ -152,20 +171,50 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, extra
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    weights = load_file(str(path / "weights.safetensors"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device))
+def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator=None) -> dict:
+    """Every process loads the same checkpoint (model = the unwrapped model, or the prepared one when sharded)."""
+    if (path / "accelerate").exists():
+        if not sharded_state(accelerator):
+            raise UserError("this checkpoint holds FSDP/DeepSpeed shards; resume it under the same "
+                            "accelerate config", path=str(path))
+        accelerator.load_state(str(path / "accelerate"))
+    else:
+        if sharded_state(accelerator):
+            raise UserError("this checkpoint was written without FSDP/DeepSpeed; resume it under a "
+                            "DDP or single-process launch", path=str(path))
+        weights = load_file(str(path / "weights.safetensors"))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value.to(params[name].device))
     # Our own file, written by save_checkpoint; weights_only keeps arbitrary objects out.
     state = torch.load(path / "trainer.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def sharded_state(accelerator) -> bool:
+    """Whether model and optimizer state are split across processes (FSDP, DeepSpeed)."""
+    if accelerator is None:
+        return False
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def local_share(global_idx: list[int], rank: int, world: int) -> tuple[list[int], float]:
+    """This process's groups of a global batch, and the weight of their loss (0 or 1).
+
+    A process left without a group (the short last batch of an epoch) still runs the first group
+    with weight 0: DDP and FSDP need every process in every gradient all-reduce, or they hang.
+    """
+    mine = global_idx[rank::world]
+    return (mine, 1.0) if mine else (global_idx[:1], 0.0)
 
 
 # ---------------------------------------------------------------- the loop
@@ -195,6 +244,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
+    log = log if main else (lambda *_a, **_k: None)  # one copy of every line, from rank 0
     steps = total_steps(n, cfg)
     warmup = int(round(t.warmup_ratio * steps))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -202,6 +252,9 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
     model.train()
     model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded_state(accelerator):
+        # FSDP/DeepSpeed clip through the prepared model, which wants its own parameter list.
+        params = [p for p in model.parameters() if p.requires_grad]
     device = accelerator.device
 
     def autocast():
@@ -219,7 +272,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
             if saved_fp != run_fp:
                 raise UserError("the checkpoint was made with other model, data or train settings; resume "
                                 "with the same config or use a new run directory", path=str(ckpts[-1]))
-            state = load_checkpoint(ckpts[-1], accelerator.unwrap_model(model), optimizer, scheduler)
+            state = load_checkpoint(ckpts[-1], accelerator.unwrap_model(model), optimizer, scheduler, accelerator)
             start_step, nonfinite_total = state["step"], state.get("nonfinite_total", 0)
             log(f"train: resumed from {ckpts[-1].name} (step {start_step}/{steps})")
         else:
@@ -242,7 +295,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
         for step in range(start_step, steps):
             t0 = time.perf_counter()
             global_idx = step_indices(n, t.groups_per_step, t.seed, step)
-            local_idx = global_idx[rank::world]
+            local_idx, weight = local_share(global_idx, rank, world)
             micro = [local_idx[i:i + t.micro_groups] for i in range(0, len(local_idx), t.micro_groups)]
             sums: dict[str, float] = {}
             tokens, finite = 0, True
@@ -255,15 +308,15 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
                     losses, metrics = compute_objective(t.method, lp, hp)
                     # Each group weighs 1/global_batch, whichever process and micro-batch holds it;
                     # DDP averages over processes, hence the factor `world`.
-                    loss = losses.sum() * (world / len(global_idx))
+                    loss = losses.sum() * (weight * world / len(global_idx))
                     if not torch.isfinite(loss):
                         finite = False
                     else:
                         accelerator.backward(loss)
                 for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value * len(idx)
-                sums["loss"] = sums.get("loss", 0.0) + float(losses.detach().sum())
-                tokens += int(lp.anchor_lengths.sum() + lp.negative_lengths.sum())
+                    sums[key] = sums.get(key, 0.0) + value * len(idx) * weight
+                sums["loss"] = sums.get("loss", 0.0) + float(losses.detach().sum()) * weight
+                tokens += int(lp.anchor_lengths.sum() + lp.negative_lengths.sum()) * int(weight)
             grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm) if finite else torch.tensor(float("nan"))
             flag = torch.tensor([0.0 if finite and torch.isfinite(torch.as_tensor(grad_norm)) else 1.0], device=device)
             finite = float(accelerator.reduce(flag, reduction="sum")) == 0.0
@@ -299,23 +352,41 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
                 on_step(step + 1, accelerator.unwrap_model(model))
             if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < steps:
                 accelerator.wait_for_everyone()
-                if main:
-                    save_checkpoint(run_dir, step + 1, accelerator.unwrap_model(model), optimizer, scheduler,
-                                    {"nonfinite_total": nonfinite_total, "fingerprint": run_fp}, t.keep_checkpoints)
+                save_checkpoint(run_dir, step + 1, accelerator.unwrap_model(model), optimizer, scheduler,
+                                {"nonfinite_total": nonfinite_total, "fingerprint": run_fp}, t.keep_checkpoints,
+                                accelerator)
                 accelerator.wait_for_everyone()
     finally:
         if metrics_log is not None:
             metrics_log.close()
     accelerator.wait_for_everyone()
     out = run_dir / MODEL_DIR
+    # Under FSDP/DeepSpeed the full weights exist only once gathered (a collective, on every rank).
+    full_state = accelerator.get_state_dict(model) if sharded_state(accelerator) else None
     if main:
         unwrapped = accelerator.unwrap_model(model)
-        save_model(unwrapped, tokenizer, out)
+        if full_state is not None:
+            _save_gathered(unwrapped, full_state, tokenizer, out)
+        else:
+            save_model(unwrapped, tokenizer, out)
         write_json(run_dir / "train" / "done.json", {"steps": steps, "nonfinite_steps": nonfinite_total,
                                                      "lora": is_lora(unwrapped)})
         log(f"train: saved model to {out}")
     accelerator.wait_for_everyone()
     return out
+
+
+def _save_gathered(model, state: dict, tokenizer, out: Path) -> None:
+    """Save a gathered FSDP/DeepSpeed state dict as a model folder, replacing `out` atomically.
+
+    (LoRA under FSDP/DeepSpeed saves the adapter folder as peft writes it; merge it afterwards.)
+    """
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 def format_row(row: dict, steps: int) -> str:
