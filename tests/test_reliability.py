@@ -249,8 +249,6 @@ def test_openai_wrong_key_error_does_not_echo_the_key(tmp_path, key_server, monk
     assert wrong not in str(info.value) and FAKE_KEY not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.make_sampler passes batch_size to the openai backend, which "
-                   "refuses it: `sample --sample.backend openai` cannot run (fix in the reliability report)")
 def test_cli_sample_with_openai_backend_keeps_key_out(tmp_path, key_server):
     run_dir = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", NEGALIGN_TEST_API_KEY=FAKE_KEY)

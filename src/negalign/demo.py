@@ -14,10 +14,10 @@ from negalign.config import Config, config_from_dict, save_config
 
 DEMO_SETTINGS = {
     "model": {"name": "default"},
-    "data": {"source": "bundled", "split": "train", "limit": 64, "max_negatives_per_prompt": 2,
+    "data": {"source": "bundled", "split": "train", "limit": 48, "max_negatives_per_prompt": 2,
              "max_response_tokens": 160},
-    "sample": {"k": 4, "max_new_tokens": 96, "temperature": 0.8, "top_p": 0.95},
-    "train": {"method": "d2o", "beta": 0.1, "alpha": 0.1, "epochs": 2, "groups_per_step": 8,
+    "sample": {"k": 4, "max_new_tokens": 80, "temperature": 0.8, "top_p": 0.95},
+    "train": {"method": "d2o", "beta": 0.1, "alpha": 0.1, "epochs": 1, "groups_per_step": 8,
               "micro_groups": 4, "lr": 2e-5, "warmup_ratio": 0.1, "precision": "bf16", "save_every": 5},
     "evaluate": {"harmful_prompts": 32, "benign_prompts": 24, "max_new_tokens": 64},
 }

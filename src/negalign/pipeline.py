@@ -6,14 +6,16 @@ Each stage function reads what earlier stages left in the run directory, so `neg
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 from negalign import distributed
 from negalign.config import Config, save_config
-from negalign.data.records import Example
+from negalign.data.records import Example, fingerprint
 from negalign.errors import UserError
 from negalign.groups import GroupIndex, Tokenizer, build_groups, group_index
-from negalign.io import check_writable_dir, read_jsonl_tolerant, write_jsonl
+from negalign.io import check_writable_dir, read_jsonl_tolerant, write_json, write_jsonl
 from negalign.models import LoraSpec, load_model, load_tokenizer
 from negalign.objectives import get_objective
 
@@ -58,12 +60,23 @@ def examples_snapshot(cfg: Config, examples: list[Example]) -> None:
 
 
 def run_examples(cfg: Config) -> list[Example]:
-    """Examples of this run: from its snapshot if there is one, so later stages see the same data."""
+    """Examples of this run: from its snapshot if there is one, so later stages see the same data.
+
+    The snapshot remembers the data settings that made it; other settings on the same run
+    directory are refused rather than silently ignored.
+    """
     path = Path(cfg.run_dir) / EXAMPLES_FILE
-    if path.exists():
+    meta = path.with_suffix(".meta.json")
+    settings = fingerprint(dataclasses.asdict(cfg.data))
+    if path.exists() and meta.exists():
+        made_with = json.loads(meta.read_text(encoding="utf-8")).get("data_fingerprint")
+        if made_with != settings:
+            raise UserError("this run directory was made with other data settings; use a new run directory",
+                            path=str(path))
         return [Example.from_json(r) for r in read_jsonl_tolerant(path)]
     examples = load_examples_for(cfg)
     examples_snapshot(cfg, examples)
+    write_json(meta, {"data_fingerprint": settings})
     return examples
 
 
