@@ -256,25 +256,29 @@ def check_values(cfg: Config, where: str | None = None) -> None:
         bad("train.method", f"unknown method {cfg.train.method!r}; choose from {', '.join(OBJECTIVES)}")
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping; any problem is a one-line error naming the file."""
+    where = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise UserError("config file does not exist", path=where)
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", path=where,
+                        line=None if line is None else line + 1) from None
+    except UnicodeDecodeError:
+        raise UserError("config is not UTF-8 text", path=where) from None
+    if not isinstance(values, dict):
+        raise UserError("a config must be a mapping of sections", path=where)
+    return values
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML config (or defaults), then apply dotted overrides like {'train.lr': '1e-5'}."""
-    values: dict = {}
-    where = None
-    if path is not None:
-        where = str(path)
-        p = Path(path)
-        if not p.exists():
-            raise UserError("config file does not exist", path=where)
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", path=where,
-                            line=None if line is None else line + 1) from None
-        except UnicodeDecodeError:
-            raise UserError("config is not UTF-8 text", path=where) from None
-        if not isinstance(values, dict):
-            raise UserError("a config must be a mapping of sections", path=where)
+    values = read_yaml_mapping(path) if path is not None else {}
+    where = None if path is None else str(path)
     for dotted, value in (overrides or {}).items():
         node = values
         parts = dotted.split(".")

@@ -71,16 +71,7 @@ def materialize_default_model() -> Path:
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     model, tok = _load_gguf(default_gguf_path(), torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary folder and rename it, so a kill never leaves a half-written model.
-    tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    if target.exists():
-        import shutil
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target
+    return save_model(model, tok, target)
 
 
 def resolve_model_path(spec: str) -> str:
