@@ -1,0 +1,364 @@
+"""The D2O paper's comparison at small scale: D2O against its baselines, same data and budget.
+
+One command trains and evaluates, in order of priority, every run below on the bundled
+SmolLM2-135M-Instruct and pyrit's human-labelled negatives, then writes report.md/html and
+results.json. Everything is resumable: a finished training run (train/done.json) or evaluation
+(eval/eval.json) is skipped, an interrupted one resumes from its checkpoint / generation cache.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/paper_table/run_paper_table.py \
+        --work runs/paper_table --deadline 07:58
+
+Shared work is done once:
+- K=8 anchors are sampled once (in the run 'd2o_s0'); every other anchor run copies anchors.jsonl,
+  its meta and, where the groups are identical, reference.safetensors (keyed by a fingerprint of
+  the models and token ids, so a copy that does not match is simply recomputed);
+- K=1 and K=4 runs take the first 1 / 4 of those anchors, with a meta written for that k (marked
+  "derived_from_k": 8) so stages/sample.check_meta accepts it;
+- the reference model's greedy benign replies are generated once (reference evaluation) and copied
+  into each evaluation's generation cache under the same key evaluate.py computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+HERE = Path(__file__).resolve().parent
+
+# Same data, anchors, lr, steps and precision for every method; only the objective changes.
+BASE = {
+    "model": {"name": "default"},
+    "data": {"source": "bundled", "split": "train", "limit": 16, "max_negatives_per_prompt": 1,
+             "max_response_tokens": 64},
+    "sample": {"k": 8, "max_new_tokens": 32, "temperature": 0.8, "top_p": 0.95, "batch_size": 32,
+               "prompts_per_write": 4, "backend": "transformers"},
+    "train": {"method": "d2o", "beta": 0.1, "alpha": 0.1, "epochs": 1, "groups_per_step": 2,
+              "micro_groups": 2, "lr": 2e-5, "warmup_ratio": 0.1, "precision": "bf16",
+              "save_every": 2, "seed": 0},
+}
+EVAL = {"n_harmful": 12, "n_benign": 6, "n_overrefusal": 8, "n_heldout": 20, "max_new_tokens": 32,
+        "batch_size": 12, "max_response_tokens": 64}
+
+# (run name, overrides). Order = priority: the main table first, then seeds, then ablations.
+RUNS: list[tuple[str, dict]] = [
+    ("d2o_s0", {}),
+    ("npo_s0", {"train.method": "npo"}),
+    ("ga_s0", {"train.method": "ga"}),
+    ("simnpo_s0", {"train.method": "simnpo"}),
+    ("dpo_instance_s0", {"train.method": "dpo_instance"}),
+    ("sft_anchors_s0", {"train.method": "sft_anchors"}),
+    ("d2o_no_anchors_s0", {"train.method": "d2o_no_anchors"}),
+    ("d2o_s1", {"train.seed": 1}),
+    ("d2o_s2", {"train.seed": 2}),
+    ("STRONGEST_s1", {"train.seed": 1}),
+    ("STRONGEST_s2", {"train.seed": 2}),
+    ("d2o_k1_s0", {"sample.k": 1}),
+    ("d2o_k4_s0", {"sample.k": 4}),
+    ("d2o_online_s0", {"train.online.every": 4}),
+    ("d2o_sampleseed1_s0", {"sample.seed": 1}),
+]
+BASELINES = ("npo", "ga", "simnpo", "dpo_instance", "sft_anchors")
+
+
+def stamp() -> str:
+    return datetime.now().strftime("%H:%M:%S")
+
+
+class Log:
+    def __init__(self, path: Path):
+        self.f = open(path, "a", encoding="utf-8")
+
+    def __call__(self, msg: str = "") -> None:
+        line = f"[{stamp()}] {msg}"
+        print(line, flush=True)
+        self.f.write(line + "\n")
+        self.f.flush()
+
+
+def set_dotted(d: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def run_settings(work: Path, name: str, overrides: dict) -> dict:
+    values = json.loads(json.dumps(BASE))
+    values["run_dir"] = str(work / name)
+    for k, v in overrides.items():
+        set_dotted(values, k, v)
+    return values
+
+
+def resolve_strongest(work: Path) -> str | None:
+    """The baseline with the lowest harm score among finished seed-0 evaluations (None if none yet)."""
+    best = None
+    for m in BASELINES:
+        e = work / f"{m}_s0" / "eval" / "eval.json"
+        if e.exists():
+            h = json.loads(e.read_text())["metrics"]["harm_score_mean"]["value"]
+            if best is None or h < best[0]:
+                best = (h, m)
+    return None if best is None else best[1]
+
+
+def share_anchors(work: Path, run_dir: Path, k: int, sample_seed: int) -> None:
+    """Copy the K=8 anchors (first k of each prompt) and, when useful, the reference scores."""
+    src = work / ("d2o_s0" if sample_seed == 0 else "d2o_sampleseed1_s0")
+    if run_dir == src or (run_dir / "anchors.jsonl").exists() or not (src / "train" / "done.json").exists():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from negalign.io import write_json, write_jsonl
+    from negalign.stages.sample import read_anchors
+
+    meta = json.loads((src / "anchors.meta.json").read_text())
+    anchors = read_anchors(src)
+    if k != meta["settings"]["k"]:
+        from negalign.data.records import fingerprint
+
+        settings = dict(meta["settings"], k=k)
+        meta = {"fingerprint": fingerprint(settings), "settings": settings, "derived_from_k": meta["settings"]["k"],
+                "note": f"first {k} of the K={meta['settings']['k']} anchors sampled in {src.name}"}
+    write_json(run_dir / "anchors.meta.json", meta)
+    write_jsonl(run_dir / "anchors.jsonl", ({"id": i, "anchors": a[:k]} for i, a in anchors.items()))
+    if "derived_from_k" not in meta and (src / "reference.safetensors").exists():
+        shutil.copy2(src / "reference.safetensors", run_dir / "reference.safetensors")
+
+
+def train_one(work: Path, name: str, overrides: dict, log) -> float:
+    from negalign import pipeline
+    from negalign.config import config_from_dict
+
+    values = run_settings(work, name, overrides)
+    cfg = config_from_dict(values)
+    run_dir = Path(cfg.run_dir)
+    if (run_dir / "train" / "done.json").exists() and (run_dir / "model").exists():
+        return 0.0
+    t0 = time.perf_counter()
+    share_anchors(work, run_dir, cfg.sample.k, cfg.sample.seed)
+    pipeline.prepare_run_dir(cfg)
+    pipeline.stage_sample(cfg, log=log)
+    pipeline.stage_train(cfg, resume=True, log=log)
+    dt = time.perf_counter() - t0
+    _merge_json(run_dir / "bench_timing.json", {"train_s": round(dt, 1)})
+    return dt
+
+
+def _merge_json(path: Path, extra: dict) -> None:
+    from negalign.io import write_json
+
+    old = json.loads(path.read_text()) if path.exists() else {}
+    write_json(path, {**old, **extra})
+
+
+def seed_reference_replies(work: Path, out_dir: Path) -> None:
+    """Copy the reference's greedy benign replies into out_dir's generation cache (same key)."""
+    src = work / "reference" / "eval" / "generations.jsonl"
+    dst = out_dir / "generations.jsonl"
+    if not src.exists() or dst.exists():
+        return
+    from negalign.evaluate import _gen_fp
+    from negalign.io import read_jsonl_tolerant, write_jsonl
+
+    fp = _gen_fp("default", "model", EVAL["max_new_tokens"], 0.0, 0)
+    rows = [r for r in read_jsonl_tolerant(src) if r["fp"] == fp and r["set"] == "benign"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(dst, rows)
+
+
+def eval_one(work: Path, name: str, log) -> float:
+    from negalign.evaluate import evaluate_model
+
+    run_dir = work / name
+    out = run_dir / "eval"
+    if (out / "eval.json").exists():
+        return 0.0
+    t0 = time.perf_counter()
+    spec = "default" if name == "reference" else str(run_dir / "model")
+    if name != "reference":
+        seed_reference_replies(work, out)
+    evaluate_model(spec, reference_spec="default", out_dir=out, log=log, **EVAL)
+    dt = time.perf_counter() - t0
+    _merge_json(run_dir / "bench_timing.json", {"eval_s": round(dt, 1)})
+    return dt
+
+
+# ------------------------------------------------------------------ summary
+
+def train_stats(run_dir: Path) -> dict:
+    """Stability from train/metrics.jsonl: final/min loss, max grad norm, anchor/negative log-ratios."""
+    from negalign.io import read_jsonl_tolerant
+
+    rows = read_jsonl_tolerant(run_dir / "train" / "metrics.jsonl")
+    if not rows:
+        return {}
+    g = [r["grad_norm"] for r in rows if r.get("grad_norm") is not None]
+    last = rows[-1]
+    out = {"steps": len(rows), "first_loss": rows[0]["loss"], "final_loss": last["loss"],
+           "max_grad_norm": max(g) if g else None, "skipped_steps": sum(bool(r.get("skipped")) for r in rows),
+           "final_logratio_negative": last.get("logratio/negative"),
+           "final_logratio_anchors": last.get("logratio/anchors"),
+           "min_logratio_anchors": min((r["logratio/anchors"] for r in rows if "logratio/anchors" in r), default=None),
+           "train_tokens_per_s": round(sum(r["tokens"] for r in rows) / max(1e-9, sum(r["seconds"] for r in rows)), 1)}
+    # Steps until the loss first came within 10% (of the total drop) of its final value: convergence speed.
+    drop = rows[0]["loss"] - last["loss"]
+    if drop > 0:
+        out["steps_to_90pct_of_drop"] = next(r["step"] for r in rows if rows[0]["loss"] - r["loss"] >= 0.9 * drop)
+    return out
+
+
+COLS = [("harmful_compliance_rate", "harmful compl.", "pct"), ("harm_score_mean", "harm prob", "f3"),
+        ("refusal_rate", "refusal", "pct"), ("overrefusal_rate", "over-refusal", "pct"),
+        ("benign_perplexity", "benign ppl", "f2"), ("kl_per_token", "KL/tok", "f3"),
+        ("heldout_pair_accuracy", "pair acc.", "pct"), ("negative_logprob_shift_per_token", "neg. shift/tok", "f3"),
+        ("distinct_2", "distinct-2", "f3")]
+
+
+def fmt(v, kind):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{100 * v:.0f}%" if kind == "pct" else f"{v:.{kind[1:]}f}"
+
+
+def summarize(work: Path, names: list[str]) -> dict:
+    results = {}
+    for name in names:
+        run_dir = work / name
+        e = run_dir / "eval" / "eval.json"
+        if not e.exists():
+            continue
+        ev = json.loads(e.read_text())
+        cfg = {}
+        if (run_dir / "config.yaml").exists():
+            import yaml
+
+            c = yaml.safe_load((run_dir / "config.yaml").read_text())
+            cfg = {"method": c["train"]["method"], "k": c["sample"]["k"], "train_seed": c["train"]["seed"],
+                   "sample_seed": c["sample"]["seed"], "online_every": c["train"]["online"]["every"]}
+        timing = json.loads((run_dir / "bench_timing.json").read_text()) if (run_dir / "bench_timing.json").exists() else {}
+        results[name] = {"config": cfg, "metrics": ev["metrics"], "train": train_stats(run_dir), "timing": timing}
+    return results
+
+
+def table_md(results: dict) -> str:
+    head = ["run"] + [c[1] for c in COLS] + ["final loss", "max grad", "anchor logratio (final)", "neg logratio (final)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        m, t = r["metrics"], r["train"]
+        cells = [name]
+        for key, _, kind in COLS:
+            x = m[key]
+            cell = fmt(x["value"], kind)
+            if x.get("ci_low") is not None:
+                cell += f" [{fmt(x['ci_low'], kind)}, {fmt(x['ci_high'], kind)}]"
+            cells.append(cell)
+        cells += [fmt(t.get("final_loss"), "f3"), fmt(t.get("max_grad_norm"), "f2"),
+                  fmt(t.get("final_logratio_anchors"), "f2"), fmt(t.get("final_logratio_negative"), "f2")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_table_md(results: dict) -> str:
+    """Mean and spread over seeds for runs named METHOD_sN."""
+    import numpy as np
+
+    groups: dict[str, list[str]] = {}
+    for name in results:
+        if name.rsplit("_", 1)[-1] in ("s0", "s1", "s2") and not any(x in name for x in ("_k", "online", "sampleseed")):
+            groups.setdefault(name.rsplit("_", 1)[0], []).append(name)
+    keys = [("harm_score_mean", "harm prob"), ("harmful_compliance_rate", "harmful compl."),
+            ("refusal_rate", "refusal"), ("benign_perplexity", "benign ppl"), ("kl_per_token", "KL/tok"),
+            ("heldout_pair_accuracy", "pair acc."), ("distinct_2", "distinct-2")]
+    lines = ["| method | seeds | " + " | ".join(k[1] for k in keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    for method, names in groups.items():
+        if len(names) < 2:
+            continue
+        cells = [method, str(len(names))]
+        for key, _ in keys:
+            vals = np.array([results[n]["metrics"][key]["value"] for n in names], dtype=float)
+            cells.append(f"{vals.mean():.3f} ± {vals.std(ddof=1):.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default="runs/paper_table", help="folder for run directories (large; not committed)")
+    ap.add_argument("--deadline", default=None, help="HH:MM local time after which no new run starts")
+    ap.add_argument("--only", nargs="*", help="run names to do (default: all, in priority order)")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the report and tables from finished runs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = Log(work / "bench.log")
+    deadline = None
+    if args.deadline:
+        h, m = map(int, args.deadline.split(":"))
+        deadline = datetime.now().replace(hour=h, minute=m, second=0, microsecond=0)
+    t_all = time.perf_counter()
+    log(f"paper_table: start; work={work} deadline={args.deadline} argv={sys.argv}")
+
+    def time_left() -> bool:
+        return deadline is None or datetime.now() < deadline
+
+    for name, overrides in ([] if args.report_only else [("reference", None)] + RUNS):
+        if name == "reference":
+            eval_one(work, "reference", log)
+            continue
+        if name.startswith("STRONGEST"):
+            best = resolve_strongest(work)
+            if best is None:
+                continue
+            overrides = {**overrides, "train.method": best}
+            name = name.replace("STRONGEST", best)
+        if args.only and name not in args.only:
+            continue
+        if not time_left():
+            log(f"paper_table: deadline reached; skipping {name}")
+            continue
+        try:
+            dt = train_one(work, name, overrides, log)
+            log(f"paper_table: {name}: trained ({dt:.0f} s)")
+            dt = eval_one(work, name, log)
+            log(f"paper_table: {name}: evaluated ({dt:.0f} s)")
+        except Exception as e:  # one failed run must not lose the others; the log says which
+            log(f"paper_table: {name}: FAILED {type(e).__name__}: {e}")
+
+    best = resolve_strongest(work) or "STRONGEST"
+    order = ["reference"] + [n.replace("STRONGEST", best) for n, _ in RUNS]
+    present = [p.name for p in sorted(work.iterdir()) if p.is_dir() and p.name != "report"]
+    all_names = [n for n in order if n in present] + [n for n in present if n not in order]
+    results = summarize(work, all_names)
+    from negalign.io import write_json, write_text
+    from negalign.report import build_report
+
+    runs = [work / n for n in results]
+    if runs:
+        build_report(runs, work / "report")
+        for png in (work / "report" / "plots").glob("*.png"):
+            shutil.copy2(png, HERE / png.name)
+    write_json(HERE / "results.json", {"base": BASE, "eval": EVAL, "runs": results,
+                                       "strongest_baseline": resolve_strongest(work)})
+    write_text(HERE / "table.md", table_md(results) + "\n\n" + seed_table_md(results) + "\n")
+    log(f"paper_table: wrote results for {len(results)} runs; this invocation took "
+        f"{(time.perf_counter() - t_all) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
