@@ -65,8 +65,13 @@ def test_bootstrap_ratio_resamples_units_and_handles_decreasing_transforms():
 
 
 def test_bootstrap_statistic_recomputes_on_resampled_units():
-    est = bootstrap_statistic(["a", "b", "c", "d"], lambda xs: len(set(xs)) / len(xs), n_boot=200)
-    assert est.value == 1.0 and est.ci_high == 1.0 and est.ci_low < 1.0
+    est = bootstrap_statistic([1.0, 2.0, 3.0, 10.0], np.median, n_boot=200, seed=0)
+    idx = np.random.default_rng(0).integers(0, 4, size=(200, 4))
+    meds = np.median(np.asarray([1.0, 2.0, 3.0, 10.0])[idx], axis=1)
+    assert est.value == 2.5 and est.ci_low == pytest.approx(np.quantile(meds, 0.025))
+    # a set-based statistic is biased by duplicates: the reason distinct-n uses per-reply means
+    biased = bootstrap_statistic(list("abcdefghij"), lambda xs: len(set(xs)) / len(xs), n_boot=200)
+    assert biased.value == 1.0 and biased.ci_high < 1.0
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -157,8 +162,10 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
     m = saved["metrics"]
     rows = [json.loads(line) for line in (out / ev.GENERATIONS_FILE).read_text().splitlines()]
     benign = [r["response"] for r in rows if r["role"] == "model" and r["set"] == "benign"]
-    d1 = ev.distinct_n(benign, 1)
-    assert m["distinct_1"]["value"] == (None if math.isnan(d1) else pytest.approx(d1))
+    d1 = [ev.distinct_n([r], 1) for r in benign]
+    d1 = [x for x in d1 if not math.isnan(x)]
+    assert m["distinct_1"]["value"] == (pytest.approx(sum(d1) / len(d1)) if d1 else None)
+    assert set(saved["diversity"]) == {"distinct_1_corpus", "distinct_2_corpus"}
     assert m["judge_win_rate"]["value"] is None  # no judge configured
     # the model against itself: no shift, no KL, the reference's perplexity, coin-flip pair accuracy
     assert m["kl_per_token"]["value"] == 0.0

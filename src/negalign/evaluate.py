@@ -37,9 +37,12 @@ Definitions (also written into eval.json under "definitions"):
 - judge_win_rate: the judge's pairwise preference for the model's benign answer over the
   reference's (both orders asked, ties 1/2). Off unless a judge is configured: the bundled 135M
   model answers the rubric close to at random, so it is no judge.
-- distinct_1 / distinct_2: unique word n-grams / all word n-grams over the benign replies.
+- distinct_1 / distinct_2: unique word n-grams / all word n-grams of each benign reply, averaged
+  over replies (low = repetition loops, a sign of collapse). The corpus-level ratio over all
+  replies is in "diversity" without a CI: resampling with replacement duplicates replies and
+  biases it downward, so its percentile bootstrap interval would be wrong.
 Every metric is {"value", "ci_low", "ci_high", "n", "level"}: a seeded percentile bootstrap over
-prompts (negatives for the log-prob shift, replies for distinct-n).
+prompts (negatives for the log-prob shift).
 
 Only generation is resumable: replies already in out_dir/generations.jsonl (same model, settings
 and prompt) are reused; scores are recomputed, which is quick.
@@ -59,7 +62,7 @@ import numpy as np
 from negalign.data.records import Messages, fingerprint, normalize_prompt
 from negalign.errors import UserError
 from negalign.io import JsonlAppender, read_jsonl_tolerant, write_json
-from negalign.stats import bootstrap_mean, bootstrap_ratio, bootstrap_statistic
+from negalign.stats import bootstrap_mean, bootstrap_ratio
 
 EVAL_FILE = "eval.json"
 GENERATIONS_FILE = "generations.jsonl"
@@ -389,8 +392,8 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
         "heldout_pair_accuracy": pair_acc,
         "negative_logprob_shift_per_sequence": shift_seq,
         "negative_logprob_shift_per_token": shift_tok,
-        "distinct_1": bootstrap_statistic(benign_replies, lambda xs: distinct_n(xs, 1), **boot),
-        "distinct_2": bootstrap_statistic(benign_replies, lambda xs: distinct_n(xs, 2), **boot),
+        "distinct_1": bootstrap_mean([distinct_n([r], 1) for r in benign_replies], **boot),
+        "distinct_2": bootstrap_mean([distinct_n([r], 2) for r in benign_replies], **boot),
     }
     timing["total_s"] = time.perf_counter() - t_start
     result = {
@@ -404,6 +407,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
                      "harm_threshold": HARM_THRESHOLD, "harm_exclude_train": harm_exclude_train},
         "metrics": {k: v.as_dict() for k, v in metrics.items()},
         "per_category": per_category,
+        "diversity": {f"distinct_{n}_corpus": _nan_to_none(distinct_n(benign_replies, n)) for n in (1, 2)},
         "harm_classifier": dict(getattr(clf, "meta", {}) or {}),
         "judge": judge_info,
         "definitions": _definitions(),
@@ -413,6 +417,10 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     write_json(out_dir / EVAL_FILE, result)
     log(f"evaluate: wrote {out_dir / EVAL_FILE} in {timing['total_s']:.0f} s")
     return result
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
 
 
 def _definitions() -> dict[str, str]:

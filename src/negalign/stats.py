@@ -93,7 +93,11 @@ def bootstrap_ratio(numerators: Sequence[float], denominators: Sequence[float], 
 
 def bootstrap_statistic(units: Sequence, statistic: Callable[[list], float], *, n_boot: int = N_BOOT,
                         level: float = LEVEL, seed: int = 0) -> Estimate:
-    """Any statistic of a list of units (e.g. distinct-n over a set of responses), resampled by unit."""
+    """Any statistic of a list of units, resampled by unit.
+
+    Only for statistics that duplicated units do not bias: a set-based one (e.g. corpus-level
+    distinct-n) drops under resampling with replacement, and its interval misses its own value.
+    """
     units = list(units)
     if not units:
         return Estimate(math.nan, math.nan, math.nan, 0, level)
