@@ -153,17 +153,29 @@ def _token_kl(model, reference, tokenizer, prompts, responses, batch_size, max_r
             ids[row, :len(p) + len(r)] = torch.tensor(p + r)
             mask[row, :len(p) + len(r)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits_m = model(input_ids=ids, attention_mask=mask).logits
-        logits_r = logits_m if reference is model else reference(input_ids=ids, attention_mask=mask).logits
+        slices = [slice(len(p) - 1, len(p) + len(r) - 1) for p, r in chunk]
+        rows_m = _response_logits(model, ids, mask, slices)
+        rows_r = rows_m if reference is model else _response_logits(reference, ids, mask, slices)
         for row, (p, r) in enumerate(chunk):
-            # logits at position j predict token j+1: response tokens are predicted from len(p)-1 on
-            sl = slice(len(p) - 1, len(p) + len(r) - 1)
-            lm = torch.log_softmax(logits_m[row, sl].double(), -1)
-            lr = torch.log_softmax(logits_r[row, sl].double(), -1)
+            lm = torch.log_softmax(rows_m[row].double(), -1)
+            lr = torch.log_softmax(rows_r[row].double(), -1)
             kl = (lm.exp() * (lm - lr)).sum(-1)
             sums[lo + row] = float(kl.sum())
             counts[lo + row] = len(r)
     return sums, counts
+
+
+def _response_logits(model, ids, mask, slices) -> list:
+    """Logits at the given positions of each row (position j predicts token j+1). The vocabulary
+    head runs on those positions only, not on the prompt's, when the model exposes its decoder."""
+    decoder, head = getattr(model, "get_decoder", None), model.get_output_embeddings()
+    plain = decoder is not None and head is not None and \
+        getattr(model.config, "final_logit_softcapping", None) is None
+    if plain:
+        hidden = decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        return [head(hidden[row, sl]) for row, sl in enumerate(slices)]
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return [logits[row, sl] for row, sl in enumerate(slices)]
 
 
 # ------------------------------------------------------------------ generation cache
