@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from negalign import config as config_module
@@ -112,21 +111,8 @@ def check_settings(s: RdpoSettings) -> None:
 
 def load_rdpo_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RdpoSettings:
     """Read an rDPO YAML config (Config sections plus `critique` and `rdpo`), then dotted overrides."""
-    values: dict = {}
-    where = None
-    if path is not None:
-        where = str(path)
-        p = Path(path)
-        if not p.exists():
-            raise UserError("config file does not exist", path=where)
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", path=where,
-                            line=None if line is None else line + 1) from None
-        if not isinstance(values, dict):
-            raise UserError("a config must be a mapping of sections", path=where)
+    values = config_module.read_yaml_mapping(path) if path is not None else {}
+    where = None if path is None else str(path)
     _apply_overrides(values, overrides or {})
     return rdpo_settings_from_dict(values, where)
 
@@ -208,6 +194,8 @@ def make_pairs(rows: list[dict], scores_original: list[float], scores_revision: 
     order of the scores. Drops: a NaN score ("score_nan"), and with the filter a revision that does
     not beat the original by more than `min_margin` ("not_better").
     """
+    import torch
+
     from negalign.losses import soft_label
 
     stats = PairStats(prompts=len(rows))
@@ -263,8 +251,10 @@ def variant_method(variant: str) -> str:
     return "sft_anchors" if variant == "sft" else "dpo_pairs"
 
 
-def variant_labels(pairs: list[dict], variant: str, epsilon: float = 0.1) -> torch.Tensor | None:
+def variant_labels(pairs: list[dict], variant: str, epsilon: float = 0.1) -> "torch.Tensor | None":
     """Per-pair labels: rDPO's soft labels, cDPO's constant 1 - epsilon; None (= 1) for DPO and SFT."""
+    import torch  # here, not at the top: `negalign --help` should not load torch
+
     if variant == "rdpo":
         return torch.tensor([float(p["label"]) for p in pairs], dtype=torch.float32)
     if variant == "cdpo":
