@@ -70,6 +70,19 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
 
 
+PERPLEXITY_BOUND = 0.05  # the demo's stated bound: benign perplexity within 5 % of the reference's
+
+
+def verdict(t: dict) -> str:
+    """One line that says whether the demo did what it claims."""
+    ppl_change = t["benign_perplexity_after"] / t["benign_perplexity_before"] - 1
+    down = t["negative_logprob_shift_per_sequence"] < 0
+    kept = abs(ppl_change) <= PERPLEXITY_BOUND
+    return (f"held-out human negatives {'went down' if down else 'did NOT go down'} by "
+            f"{-t['negative_logprob_shift_per_sequence']:.2f} nats per response; benign perplexity changed by "
+            f"{ppl_change:+.1%} ({'within' if kept else 'OUTSIDE'} the {PERPLEXITY_BOUND:.0%} bound)")
+
+
 def format_table(t: dict) -> str:
     rows = [
         ("held-out human negatives: mean log-prob (nats/seq)", f"{t['negative_logprob_mean_before']:.2f}",
@@ -81,8 +94,11 @@ def format_table(t: dict) -> str:
          f"{t['benign_perplexity_before']:.2f}", f"{t['benign_perplexity_after']:.2f}"),
     ]
     w = max(len(r[0]) for r in rows)
-    lines = [f"| {'metric'.ljust(w)} | before | after  |", f"|{'-' * (w + 2)}|--------|--------|"]
-    lines += [f"| {a.ljust(w)} | {b:>6} | {c:>6} |" for a, b, c in rows]
+    v = max(6, *(len(x) for r in rows for x in r[1:]))
+    lines = [f"| {'metric'.ljust(w)} | {'before'.rjust(v)} | {'after'.rjust(v)} |",
+             f"|{'-' * (w + 2)}|{'-' * (v + 2)}|{'-' * (v + 2)}|"]
+    lines += [f"| {a.ljust(w)} | {b.rjust(v)} | {c.rjust(v)} |" for a, b, c in rows]
+    lines.append("\n" + verdict(t))
     for ex in t.get("excerpts", []):
         lines.append(f"\nprompt: {ex['prompt']}\n  before: {ex['before']}\n  after:  {ex['after']}")
     return "\n".join(lines)
