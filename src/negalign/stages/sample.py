@@ -71,7 +71,7 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
     # Chunks have fixed boundaries over the whole list and a seed of their own, so a resumed run
     # redraws an interrupted chunk exactly as the first run would have, and keeps only what is missing.
     chunks = [examples[i:i + step] for i in range(0, len(examples), step)]
-    t0, n_new = time.perf_counter(), 0
+    t0, n_new, tokens = time.perf_counter(), 0, 0
     # Under a multi-process launch each process takes every world-th chunk into a shard of its own.
     with JsonlAppender(distributed.output_path(run_dir / ANCHORS_FILE)) as out:
         for c, chunk in enumerate(chunks):
@@ -85,8 +85,12 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
                     out.write({"id": ex.id, "anchors": anchors})
                     done[ex.id] = anchors
             n_new += len(missing)
-            rate = n_new / (time.perf_counter() - t0)
-            log(f"sample: {sum(ex.id in done for ex in examples)}/{len(examples)} prompts  ({rate:.2f} prompts/s)")
+            stats = getattr(generator, "last_stats", None)  # backends that count tokens report tokens/s
+            tokens += getattr(stats, "tokens", 0)
+            elapsed = time.perf_counter() - t0
+            speed = f"{tokens / elapsed:.1f} tokens/s, " if tokens else ""
+            log(f"sample: {sum(ex.id in done for ex in examples)}/{len(examples)} prompts  "
+                f"({speed}{n_new / elapsed:.2f} prompts/s)")
     done = _merge_shards(run_dir, examples)
     empty = sum(1 for ex in examples for a in done[ex.id] if not a.strip())
     if empty:
