@@ -44,7 +44,7 @@ BASE = {
                "prompts_per_write": 4, "backend": "transformers"},
     "train": {"method": "d2o", "beta": 0.1, "alpha": 0.1, "epochs": 1, "groups_per_step": 2,
               "micro_groups": 2, "lr": 2e-5, "warmup_ratio": 0.1, "precision": "bf16",
-              "save_every": 2, "seed": 0},
+              "save_every": 2, "keep_checkpoints": 1, "seed": 0},
 }
 EVAL = {"n_harmful": 12, "n_benign": 6, "n_overrefusal": 8, "n_heldout": 20, "max_new_tokens": 32,
         "batch_size": 12, "max_response_tokens": 64}
@@ -65,7 +65,18 @@ RUNS: list[tuple[str, dict]] = [
     ("d2o_k1_s0", {"sample.k": 1}),
     ("d2o_k4_s0", {"sample.k": 4}),
     ("d2o_online_s0", {"train.online.every": 4}),
+    # Stress tier (same 8 steps, 10x the learning rate): does anything collapse without anchors?
+    ("d2o_lr2e-4_s0", {"train.lr": 2e-4}),
+    ("d2o_no_anchors_lr2e-4_s0", {"train.method": "d2o_no_anchors", "train.lr": 2e-4}),
+    ("npo_lr2e-4_s0", {"train.method": "npo", "train.lr": 2e-4}),
+    ("ga_lr2e-4_s0", {"train.method": "ga", "train.lr": 2e-4}),
+    ("dpo_instance_lr2e-4_s0", {"train.method": "dpo_instance", "train.lr": 2e-4}),
+    ("simnpo_lr2e-4_s0", {"train.method": "simnpo", "train.lr": 2e-4}),
+    ("sft_anchors_lr2e-4_s0", {"train.method": "sft_anchors", "train.lr": 2e-4}),
     ("d2o_sampleseed1_s0", {"sample.seed": 1}),
+    ("d2o_lr2e-4_s1", {"train.lr": 2e-4, "train.seed": 1}),
+    ("d2o_no_anchors_lr2e-4_s1", {"train.method": "d2o_no_anchors", "train.lr": 2e-4, "train.seed": 1}),
+    ("npo_lr2e-4_s1", {"train.method": "npo", "train.lr": 2e-4, "train.seed": 1}),
 ]
 BASELINES = ("npo", "ga", "simnpo", "dpo_instance", "sft_anchors")
 
@@ -149,6 +160,8 @@ def train_one(work: Path, name: str, overrides: dict, log) -> float:
     pipeline.prepare_run_dir(cfg)
     pipeline.stage_sample(cfg, log=log)
     pipeline.stage_train(cfg, resume=True, log=log)
+    # Checkpoints hold fp32 weights + AdamW state (~1.6 GB each); once model/ is saved they are dead weight.
+    shutil.rmtree(run_dir / "train" / "checkpoints", ignore_errors=True)
     dt = time.perf_counter() - t0
     _merge_json(run_dir / "bench_timing.json", {"train_s": round(dt, 1)})
     return dt
@@ -291,6 +304,76 @@ def seed_table_md(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ plots of our own
+# (report.plot_training re-cycles colours per panel, so a line's colour can mismatch the legend)
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(work: Path, names: list[str], path: Path, title: str) -> None:
+    """Per step: loss minus its first value, grad norm, anchor and negative log-ratios; one colour per run."""
+    from negalign.io import read_jsonl_tolerant
+
+    plt = _plt()
+    panels = [("loss", "loss - loss at step 1", True), ("grad_norm", "grad norm (log)", False),
+              ("logratio/anchors", "log-ratio, anchors", False), ("logratio/negative", "log-ratio, negative", False)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 3.2))
+    cmap = plt.get_cmap("tab20")
+    for i, name in enumerate(names):
+        rows = read_jsonl_tolerant(work / name / "train" / "metrics.jsonl")
+        for ax, (key, _, relative) in zip(axes, panels):
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                x, y = zip(*pts)
+                y = [v - y[0] for v in y] if relative else list(y)
+                ax.plot(x, y, color=cmap(i % 20), label=name, linewidth=1.3)
+    for ax, (key, label, _) in zip(axes, panels):
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if key == "grad_norm":
+            ax.set_yscale("log")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_metrics(results: dict, path: Path) -> None:
+    """Dot + 95% CI per run for the metrics that separate the methods."""
+    plt = _plt()
+    keys = [("harm_score_mean", "mean harm prob (lower safer)"), ("heldout_pair_accuracy", "held-out pair accuracy"),
+            ("negative_logprob_shift_per_token", "neg. log-prob shift / token"), ("kl_per_token", "KL / token"),
+            ("benign_perplexity", "benign perplexity"), ("distinct_2", "distinct-2")]
+    names = list(results)
+    fig, axes = plt.subplots(1, len(keys), figsize=(16, 0.28 * len(names) + 1.2), sharey=True)
+    for ax, (key, label) in zip(axes, keys):
+        for j, n in enumerate(names):
+            m = results[n]["metrics"][key]
+            if m["value"] is None:
+                continue
+            lo, hi = m["ci_low"], m["ci_high"]
+            ax.plot([lo, hi], [j, j], color="0.6", linewidth=1)
+            ax.plot([m["value"]], [j], "o", color="C3" if n.startswith("d2o") else "C0", markersize=4)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(range(len(names)))
+    axes[0].set_yticklabels(names, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="runs/paper_table", help="folder for run directories (large; not committed)")
@@ -350,11 +433,24 @@ def main(argv=None) -> int:
     runs = [work / n for n in results]
     if runs:
         build_report(runs, work / "report")
-        for png in (work / "report" / "plots").glob("*.png"):
-            shutil.copy2(png, HERE / png.name)
+        for png in ("frontier.png", "categories.png"):  # report's training.png: see plot_curves
+            if (work / "report" / "plots" / png).exists():
+                shutil.copy2(work / "report" / "plots" / png, HERE / png)
     write_json(HERE / "results.json", {"base": BASE, "eval": EVAL, "runs": results,
                                        "strongest_baseline": resolve_strongest(work)})
     write_text(HERE / "table.md", table_md(results) + "\n\n" + seed_table_md(results) + "\n")
+    main_runs = [n for n in results if n.endswith("_s0") and "_lr" not in n and "_k" not in n
+                 and "online" not in n and "sampleseed" not in n]
+    if main_runs:
+        plot_curves(work, main_runs, HERE / "curves_main.png", "seed 0, lr 2e-5, 8 steps: every method")
+    extra = [n for n in results if n != "reference" and n not in main_runs and "_lr" not in n]
+    if extra:
+        plot_curves(work, ["d2o_s0"] + extra, HERE / "curves_seeds_ablations.png", "D2O seeds, K and online ablations")
+    stress = [n for n in results if "_lr" in n]
+    if stress:
+        plot_curves(work, stress, HERE / "curves_stress.png", "stress tier: lr 2e-4, 8 steps")
+    if results:
+        plot_metrics(results, HERE / "metrics.png")
     log(f"paper_table: wrote results for {len(results)} runs; this invocation took "
         f"{(time.perf_counter() - t_all) / 60:.1f} min")
     return 0
