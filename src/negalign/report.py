@@ -152,15 +152,18 @@ def plot_training(runs: list[Run]) -> bytes | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
+    # One colour per run in every panel (a fresh colour cycle per panel would not match the legend).
+    colors = {r.name: plt.get_cmap("tab20")(i % 20) for i, r in enumerate(trained)}
     for ax, (key, label) in zip(axes, CURVES):
         for r in trained:
             pts = [(row["step"], row[key]) for row in r.train if row.get(key) is not None and "step" in row]
             if pts:
-                ax.plot(*zip(*pts), label=r.name, linewidth=1.2)
+                ax.plot(*zip(*pts), label=r.name, linewidth=1.2, color=colors[r.name])
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper right")
     fig.tight_layout()
     return _png(fig)
 
