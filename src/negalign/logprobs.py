@@ -7,8 +7,10 @@ right after the prompt. The prompt is thus computed once per group instead of R 
 result equals scoring each (prompt + response) on its own.
 
 The LM head never produces [batch, length, vocab] logits: only the positions that predict response
-tokens are projected, `chunk_tokens` rows at a time, and when gradients are needed each chunk is
-recomputed in backward (activation checkpointing), so a single chunk's logits are alive at once.
+tokens are projected, `chunk_tokens` rows at a time, and when gradients are needed with several
+chunks each one is recomputed in backward, so a single chunk's logits are alive at once. A plain
+Linear head gets a hand-written backward (softmax minus one-hot) instead of autograd replaying
+the fp32 upcast, gather and logsumexp (benchmarks/throughput/bench_head.py measures the gain).
 """
 
 from __future__ import annotations
@@ -311,19 +313,89 @@ def _chunk_label_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head, tran
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def _fused_head_applies(head, transform) -> bool:
+    """The fused head covers a plain bias-free Linear with no logit transform (Llama, Qwen, SmolLM...).
+
+    It reads `head.weight` directly, so a head with hooks (ZeRO-3 / FSDP gather their shards in
+    them) or a sharded weight goes through head(hidden) instead.
+    """
+    return (transform is None and type(head) is torch.nn.Linear and head.bias is None
+            and not head._forward_pre_hooks and not head._forward_hooks
+            and tuple(head.weight.shape) == (head.out_features, head.in_features))
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+def _label_logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor):
+    """(log-prob of each label, logsumexp) from one chunk's logits, both float32."""
+    full = logits.float()  # the softmax over 49k+ entries is taken in fp32, also under bf16
+    lse = torch.logsumexp(full, dim=-1)
+    return full.gather(-1, labels[:, None]).squeeze(-1) - lse, lse
+
+
+class _FusedHead(torch.autograd.Function):
+    """log softmax(hidden @ weight.T)[label] with a hand-written backward.
+
+    The gradient of log p(label) w.r.t. the logits is onehot(label) - softmax, so backward needs
+    one exp pass over the chunk's logits and two matmuls, instead of autograd replaying the fp32
+    upcast, gather and logsumexp. `keep_logits` saves the chunk's logits (compute dtype) for
+    backward; without it they are recomputed there (one extra matmul), so that with several chunks
+    only one chunk's logits are alive at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, keep_logits):
+        logits = hidden @ weight.t()
+        out, lse = _label_logprobs_from_logits(logits, labels)
+        ctx.save_for_backward(hidden, weight, labels, lse, logits if keep_logits else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, labels, lse, logits = ctx.saved_tensors
+        if logits is None:
+            logits = hidden @ weight.t()
+        grad = torch.exp(logits.float() - lse[:, None])      # softmax, fp32
+        grad.mul_(-grad_out[:, None])
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        grad[rows, labels] += grad_out
+        grad = grad.to(hidden.dtype)
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None
+
+
+def _fused_chunk(hidden, labels, weight, keep_logits: bool) -> torch.Tensor:
+    dtype = _compute_dtype(weight)
+    # Cast outside the Function (differentiable casts, as autocast would do), compute inside without it.
+    h, w = hidden.to(dtype), weight.to(dtype)
+    with torch.autocast(weight.device.type, enabled=False):
+        return _FusedHead.apply(h, w, labels, keep_logits)
+
+
 def chunked_label_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head, transform=None, *,
                            chunk_tokens: int = 2048) -> torch.Tensor:
     """log softmax(head(hidden))[label] for each row of hidden [N, H]; float32 [N].
 
-    Rows are projected `chunk_tokens` at a time; with gradients on, each chunk is checkpointed so
-    its [chunk, vocab] logits are freed after forward and recomputed in backward.
+    Rows are projected `chunk_tokens` at a time, so that with gradients on at most one chunk's
+    [chunk, vocab] logits are alive: when all rows fit in one chunk its logits are kept for backward
+    (recomputing them would save no memory); with several chunks each one is recomputed in backward.
     """
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(
         p.requires_grad for p in head.parameters()))
+    fused = _fused_head_applies(head, transform)
+    one_chunk = hidden.shape[0] <= chunk_tokens
     out = []
     for start in range(0, hidden.shape[0], chunk_tokens):
         h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
-        if needs_grad:
+        if fused:
+            out.append(_fused_chunk(h, y, head.weight, keep_logits=one_chunk))
+        elif needs_grad and not one_chunk:
             out.append(checkpoint(_chunk_label_logprobs, h, y, head, transform, use_reentrant=False))
         else:
             out.append(_chunk_label_logprobs(h, y, head, transform))
