@@ -107,6 +107,7 @@ class TrainConfig:
     log_every: int = 1
     save_every: int = 50
     keep_checkpoints: int = 2
+    keep_checkpoints_when_done: bool = False  # delete them once the final model is saved
     max_nonfinite_steps: int = 5      # consecutive skipped steps before the run stops
     online: OnlineConfig = field(default_factory=OnlineConfig)
 

@@ -372,6 +372,10 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
         write_json(run_dir / "train" / "done.json", {"steps": steps, "nonfinite_steps": nonfinite_total,
                                                      "lora": is_lora(unwrapped)})
         log(f"train: saved model to {out}")
+        if not t.keep_checkpoints_when_done:
+            # A finished run never resumes (done.json), and each checkpoint holds weights plus
+            # AdamW state: 1.6 GB for a 135M model.
+            shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     accelerator.wait_for_everyone()
     return out
 
