@@ -147,7 +147,7 @@ def test_chunked_head_equals_full_logits(tiny_model):
 
 
 def test_training_keeps_no_vocab_sized_activation(tiny_model, tokenizer):
-    """With gradients on, autograd must hold no [positions, vocab] logits: chunks are recomputed."""
+    """With gradients on, autograd holds no logits beyond one chunk: with several chunks each is recomputed."""
     groups = _groups(tokenizer.eos_token_id)
     vocab = tiny_model.config.vocab_size
     params = {p.data_ptr() for p in tiny_model.parameters()}
@@ -163,6 +163,25 @@ def test_training_keeps_no_vocab_sized_activation(tiny_model, tokenizer):
     n_tokens = int(lengths.sum())
     assert n_tokens > 16 and max(largest) < 8 * vocab
     logps.sum().backward()  # and backward still works through the recomputed chunks
+
+
+def test_single_chunk_keeps_at_most_one_chunk_of_logits(tiny_model, tokenizer):
+    """When every position fits in one chunk, its logits are kept (no recompute), and nothing larger."""
+    groups = _groups(tokenizer.eos_token_id)
+    vocab = tiny_model.config.vocab_size
+    params = {p.data_ptr() for p in tiny_model.parameters()}
+    largest = []
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            largest.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logps, lengths = group_logprobs(tiny_model, groups, chunk_tokens=4096)
+    n_tokens = int(lengths.sum())
+    assert max(largest) <= n_tokens * vocab
+    logps.sum().backward()
 
 
 def test_chunk_size_does_not_change_results(tiny_model, tokenizer):
