@@ -146,20 +146,26 @@ def test_chunked_head_equals_full_logits(tiny_model):
         torch.testing.assert_close(g_chunked, g_full, atol=1e-6, rtol=1e-5)
 
 
+def _saved_sizes(model, fn):
+    """numel of every tensor autograd saves for backward while `fn()` runs (parameters excluded)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    sizes = []
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sizes, out
+
+
 def test_training_keeps_no_vocab_sized_activation(tiny_model, tokenizer):
     """With gradients on, autograd holds no logits beyond one chunk: with several chunks each is recomputed."""
     groups = _groups(tokenizer.eos_token_id)
     vocab = tiny_model.config.vocab_size
-    params = {p.data_ptr() for p in tiny_model.parameters()}
-    largest = []
-
-    def pack(t):
-        if t.data_ptr() not in params:
-            largest.append(t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logps, lengths = group_logprobs(tiny_model, groups, chunk_tokens=8)
+    largest, (logps, lengths) = _saved_sizes(tiny_model, lambda: group_logprobs(tiny_model, groups, chunk_tokens=8))
     n_tokens = int(lengths.sum())
     assert n_tokens > 16 and max(largest) < 8 * vocab
     logps.sum().backward()  # and backward still works through the recomputed chunks
@@ -169,16 +175,7 @@ def test_single_chunk_keeps_at_most_one_chunk_of_logits(tiny_model, tokenizer):
     """When every position fits in one chunk, its logits are kept (no recompute), and nothing larger."""
     groups = _groups(tokenizer.eos_token_id)
     vocab = tiny_model.config.vocab_size
-    params = {p.data_ptr() for p in tiny_model.parameters()}
-    largest = []
-
-    def pack(t):
-        if t.data_ptr() not in params:
-            largest.append(t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logps, lengths = group_logprobs(tiny_model, groups, chunk_tokens=4096)
+    largest, (logps, lengths) = _saved_sizes(tiny_model, lambda: group_logprobs(tiny_model, groups, chunk_tokens=4096))
     n_tokens = int(lengths.sum())
     assert max(largest) <= n_tokens * vocab
     logps.sum().backward()

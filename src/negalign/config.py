@@ -279,8 +279,13 @@ def read_yaml_mapping(path: str | Path) -> dict:
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML config (or defaults), then apply dotted overrides like {'train.lr': '1e-5'}."""
     values = read_yaml_mapping(path) if path is not None else {}
-    where = None if path is None else str(path)
-    for dotted, value in (overrides or {}).items():
+    apply_overrides(values, overrides or {})
+    return config_from_dict(values, None if path is None else str(path))
+
+
+def apply_overrides(values: dict, overrides: dict[str, Any]) -> None:
+    """Set dotted keys ({'train.lr': '1e-5'}) in a nested mapping, in place."""
+    for dotted, value in overrides.items():
         node = values
         parts = dotted.split(".")
         for part in parts[:-1]:
@@ -288,7 +293,6 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             if not isinstance(node, dict):
                 raise UserError("cannot override inside a non-mapping key", field=dotted)
         node[parts[-1]] = value
-    return config_from_dict(values, where)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

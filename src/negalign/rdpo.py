@@ -67,17 +67,6 @@ class RdpoSettings:
 
 # ---------------------------------------------------------------- config
 
-def _apply_overrides(values: dict, overrides: dict[str, Any]) -> None:
-    for dotted, value in overrides.items():
-        node = values
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError("cannot override inside a non-mapping key", field=dotted)
-        node[parts[-1]] = value
-
-
 def rdpo_settings_from_dict(values: dict, where: str | None = None) -> RdpoSettings:
     values = dict(values or {})
     crit = values.pop("critique", None) or {}
@@ -113,7 +102,7 @@ def load_rdpo_config(path: str | Path | None, overrides: dict[str, Any] | None =
     """Read an rDPO YAML config (Config sections plus `critique` and `rdpo`), then dotted overrides."""
     values = config_module.read_yaml_mapping(path) if path is not None else {}
     where = None if path is None else str(path)
-    _apply_overrides(values, overrides or {})
+    config_module.apply_overrides(values, overrides or {})
     return rdpo_settings_from_dict(values, where)
 
 
@@ -396,7 +385,7 @@ def run_rdpo(config: str | Path | dict | RdpoSettings, overrides: dict[str, Any]
         settings = config
     elif isinstance(config, dict):
         values = dict(config)
-        _apply_overrides(values, overrides or {})
+        config_module.apply_overrides(values, overrides or {})
         settings = rdpo_settings_from_dict(values)
     else:
         settings = load_rdpo_config(config, overrides)
