@@ -143,3 +143,28 @@ def test_every_baseline_trains(cfg, method):
     cfg = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "method": method, "epochs": 1}})
     out = pipeline.stage_all(cfg, log=lambda *_: None)
     assert (out / "model.safetensors").exists()
+
+
+def test_human_positives_as_anchors_give_dpo_on_human_pairs(cfg):
+    """data.anchors: positives + dpo_pairs + k 1 is DPO on the human (positive, negative) pairs."""
+    data = pipeline.Path(cfg.data.source)
+    examples = _examples()
+    examples[0].positives = ["I can't help with picking locks you don't own."]
+    examples[2].positives = ["Cheating hurts you; here is how to study instead."]
+    save_examples(data, examples)
+    base = cfg.to_dict()
+    cfg = config_from_dict({**base, "data": {**base["data"], "anchors": "positives"},
+                            "sample": {**base["sample"], "k": 1},
+                            "train": {**base["train"], "method": "dpo_pairs", "epochs": 1}})
+    assert pipeline.stage_sample(cfg, log=lambda *_: None) == {
+        "e0": ["I can't help with picking locks you don't own."],
+        "e2": ["Cheating hurts you; here is how to study instead."]}
+    out = pipeline.stage_train(cfg, log=lambda *_: None)
+    rows = [json.loads(line) for line in (out.parent / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and "rewards/margins" in rows[0]  # e0 (1 negative) + e2 (1 negative): 2 groups
+    assert [ex.id for ex in pipeline.run_examples(cfg)] == ["e0", "e2"]
+
+
+def test_online_needs_sampled_anchors(tmp_path):
+    with pytest.raises(UserError, match="train.online.every"):
+        config_from_dict({"data": {"anchors": "positives"}, "train": {"online": {"every": 2}}})

@@ -52,6 +52,8 @@ class DataConfig:
     seed: int = 0
     limit: int | None = None          # use only the first N prompts (after the split)
     max_negatives_per_prompt: int | None = None
+    anchors: str = "sampled"          # sampled (D2O) | positives: the human positives play the anchors
+                                      # (with train.method dpo_pairs and sample.k 1: DPO on human pairs)
     max_prompt_tokens: int = 256      # longer prompts keep their last tokens (counted and logged)
     max_response_tokens: int = 192    # longer responses keep their first tokens (counted and logged)
 
@@ -214,7 +216,7 @@ _AT_LEAST_1 = ("train.groups_per_step", "train.micro_groups", "train.epochs", "t
                "sample.prompts_per_write", "sample.max_new_tokens", "reference.batch_tokens",
                "data.max_prompt_tokens", "data.max_response_tokens")
 _AT_LEAST_0 = ("sample.k", "train.save_every", "train.online.every")
-_CHOICES = {"train.precision": ("bf16", "fp32"), "reference.precision": ("bf16", "fp32"),
+_CHOICES = {"data.anchors": ("sampled", "positives"), "train.precision": ("bf16", "fp32"), "reference.precision": ("bf16", "fp32"),
             "sample.backend": ("auto", "transformers", "vllm", "openai")}
 
 
@@ -241,6 +243,8 @@ def check_values(cfg: Config, where: str | None = None) -> None:
     for key, choices in _CHOICES.items():
         if get(key) not in choices:
             bad(key, f"expected one of {', '.join(choices)}, got {get(key)!r}")
+    if cfg.data.anchors == "positives" and cfg.train.online.every:
+        bad("train.online.every", "online resampling needs sampled anchors, not data.anchors: positives")
     if cfg.sample.backend == "openai" and not cfg.sample.base_url:
         bad("sample.base_url", "required when sample.backend is 'openai'")
     if not cfg.train.lr > 0:

@@ -47,6 +47,8 @@ def load_examples_for(cfg: Config) -> list[Example]:
             except TypeError as e:
                 raise UserError(f"bad column mapping: {e}", field="data.mapping") from None
         examples = load_examples(d.source, format=d.format, mapping=mapping, preset=d.preset)
+    if d.anchors == "positives":  # only prompts with a human positive can form a group
+        examples = [ex for ex in examples if ex.positives]
     if d.limit is not None:
         examples = examples[:d.limit]
     if not any(ex.negatives for ex in examples):
@@ -120,6 +122,9 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
     if not needed:
         log(f"sample: method '{cfg.train.method}' uses no anchors; nothing to sample")
         return {}
+    if cfg.data.anchors == "positives":
+        log(f"sample: data.anchors is 'positives': the human positives of {len(examples)} prompts are the anchors")
+        return positive_anchors(cfg, examples)
     anchors = read_anchors(cfg.run_dir)
     if all(ex.id in anchors for ex in examples):
         log(f"sample: all {len(examples)} prompts already have anchors")
@@ -133,8 +138,15 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
     return run_sample(cfg, examples, generator, log=log)
 
 
+def positive_anchors(cfg: Config, examples: list[Example]) -> dict[str, list[str]]:
+    """Up to K human positives per prompt, in their data order, as the anchors."""
+    return {ex.id: ex.positives[:cfg.sample.k] for ex in examples if ex.positives}
+
+
 def training_groups(cfg: Config, tokenizer, examples: list[Example], anchors: dict[str, list[str]], *, log=print):
     objective = get_objective(cfg.train.method)
+    if cfg.data.anchors == "positives":
+        anchors = positive_anchors(cfg, examples)
     index = group_index(examples, cfg.data.max_negatives_per_prompt)
     use = anchors if objective.needs_anchors else {}
     if objective.needs_anchors and cfg.sample.k > 0:
