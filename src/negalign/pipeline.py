@@ -163,7 +163,6 @@ def training_groups(cfg: Config, tokenizer, examples: list[Example], anchors: di
 
 
 def stage_reference(cfg: Config, *, log=print):
-    from negalign.stages.reference import run_reference
     from negalign.stages.sample import read_anchors
 
     prepare_run_dir(cfg)
@@ -173,6 +172,15 @@ def stage_reference(cfg: Config, *, log=print):
     examples = run_examples(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
     groups, _, k, _ = training_groups(cfg, tokenizer, examples, read_anchors(cfg.run_dir), log=log)
+    return reference_for(cfg, groups, k, log=log)
+
+
+def reference_for(cfg: Config, groups, k: int, *, log=print):
+    """Reference scores of already-built groups (cached), or None for reference-free methods."""
+    from negalign.stages.reference import run_reference
+
+    if not get_objective(cfg.train.method).needs_reference:
+        return None
     return run_reference(cfg, groups, k, lambda spec: load_plain(cfg, spec)[0], log=log)
 
 
@@ -186,12 +194,14 @@ def stage_train(cfg: Config, *, resume: bool = False, log=print) -> Path:
         log(f"train: already finished; the model is in {Path(cfg.run_dir) / 'model'}")
         return Path(cfg.run_dir) / "model"
     examples = run_examples(cfg)
-    anchors = read_anchors(cfg.run_dir)
-    reference = stage_reference(cfg, log=log)  # cached after the first time
+    # Groups are tokenised once and serve both the reference scores and training; the reference
+    # model is loaded, used and freed before the policy loads.
+    groups, index, k, _ = training_groups(cfg, load_tokenizer(cfg.model.name), examples,
+                                          read_anchors(cfg.run_dir), log=log)
+    reference = reference_for(cfg, groups, k, log=log)  # cached after the first time
     model, tokenizer = load_model(cfg.model.name, device=_device(), lora=_lora_spec(cfg),
                                   trust_remote_code=cfg.model.trust_remote_code,
                                   allow_pickle=cfg.model.allow_pickle)
-    groups, index, k, _ = training_groups(cfg, tokenizer, examples, anchors, log=log)
     data = TrainData(groups=groups, n_anchors=k, reference=reference)
     on_step = None
     if cfg.train.online.every > 0:
