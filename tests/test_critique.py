@@ -195,17 +195,42 @@ def test_unreachable_server_is_an_error_row(tmp_path):
 
 
 def test_critique_command(tmp_path, tiny_model_dir, capsys):
-    import argparse
+    from negalign.cli import build_parser
+    from negalign.critique import main_critique
 
-    from negalign.critique import add_critique_parser, main_critique
-
-    parser = argparse.ArgumentParser()
-    add_critique_parser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["critique", "--preset", "roleplay", "--model", str(tiny_model_dir), "--limit", "1",
-                              "--run-dir", str(tmp_path), "--set", "critique.max_new_tokens=4",
-                              "--set", "critique.critique_max_new_tokens=4"])
+                              "--run-dir", str(tmp_path), "--critique.max_new_tokens", "4",
+                              "--critique.critique_max_new_tokens", "4"])
     assert main_critique(args) == 0
     rows = read_critiques(tmp_path / "critique.jsonl")
-    assert len(rows) == 1 and "wrote 1 rows" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert len(rows) == 1 and "wrote 1 rows" in out.out and "deprecated" not in out.err
     with pytest.raises(UserError, match="unknown preset"):
         main_critique(parser.parse_args(["critique", "--preset", "nope", "--run-dir", str(tmp_path / "x")]))
+
+
+def test_critique_flags_reach_the_settings(tmp_path, capsys):
+    """Every critique key is a `--critique.key VALUE` flag; `--set` still works for a release, with a warning."""
+    from negalign.cli import build_parser
+    from negalign.rdpo import settings_from_args
+
+    parser = build_parser()
+    s = settings_from_args(parser.parse_args([
+        "critique", "--critique.preset", "sycophancy", "--critique.temperature", "0.3", "--critique.top_p", "0.5",
+        "--critique.system_prompt", "be brief", "--critique.output", "c2.jsonl", "--critique.seed", "7",
+        "--critique.principle", "Be honest.", "--critique.prompts_per_write", "3", "--teacher", "http://h:1/v1",
+        "--train.tau", "0.2", "--run-dir", str(tmp_path)]))
+    c = s.critique
+    assert (c.preset, c.temperature, c.top_p, c.system_prompt, c.output, c.seed) == (
+        "sycophancy", 0.3, 0.5, "be brief", "c2.jsonl", 7)
+    assert c.principle == "Be honest." and c.prompts_per_write == 3 and c.teacher == "http://h:1/v1"
+    assert s.cfg.train.tau == 0.2 and s.cfg.run_dir == str(tmp_path)
+    assert "deprecated" not in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"field 'critique.temperature': expected a number, got 'warm'"):
+        settings_from_args(parser.parse_args(["critique", "--critique.temperature", "warm"]))
+
+    s = settings_from_args(parser.parse_args(["critique", "--set", "critique.max_new_tokens=64", "--limit", "2"]))
+    assert s.critique.max_new_tokens == 64 and s.critique.limit == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "negalign: warning: --set is deprecated and goes in the next release; write --critique.max_new_tokens 64"]

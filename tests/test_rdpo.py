@@ -7,9 +7,9 @@ import math
 
 import pytest
 from negalign.errors import UserError
-from negalign.rdpo import (cli_overrides, load_rdpo_config, make_pairs, pair_train_data,
-                           rdpo_settings_from_dict, run_rdpo, score_rows, scorer_spec, split_scorable,
-                           variant_labels)
+from negalign.cli_flags import set_overrides
+from negalign.rdpo import (load_rdpo_config, make_pairs, pair_train_data, rdpo_keys, rdpo_settings_from_dict,
+                           run_rdpo, score_rows, scorer_spec, settings_from_args, split_scorable, variant_labels)
 
 
 def _row(i, original="bad answer", revision="better answer", status="ok", reason=None):
@@ -88,10 +88,58 @@ def test_config_errors_name_the_key(tmp_path):
         load_rdpo_config(None, {"rdpo.variant": "ppo"})
     with pytest.raises(UserError, match="train.tau"):
         load_rdpo_config(None, {"train.tau": "-1"})
-    s = load_rdpo_config(None, cli_overrides(["train.tau=0.05", "critique.limit=3", "critique.teacher=openai:m@http://h/v1"]))
+    warnings = []
+    s = load_rdpo_config(None, set_overrides(["train.tau=0.05", "critique.limit=3",
+                                              "critique.teacher=openai:m@http://h/v1"], warn=warnings.append))
     assert s.cfg.train.tau == 0.05 and s.critique.limit == 3 and s.critique.teacher == "openai:m@http://h/v1"
     with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
-        cli_overrides(["novalue"])
+        set_overrides(["novalue"])
+
+
+def _rdpo_args(*argv):
+    from negalign.cli import build_parser
+
+    return build_parser().parse_args(["rdpo", *argv])
+
+
+def test_every_rdpo_key_is_a_flag(tmp_path):
+    """`negalign rdpo --section.key VALUE` reaches the settings for keys of all three sections."""
+    keys = rdpo_keys()
+    assert {"train.tau", "critique.max_new_tokens", "critique.teacher", "rdpo.scorer", "rdpo.min_margin"} <= set(keys)
+    for key in keys:  # argparse takes each of them (a clash would raise while building the parser)
+        assert key in vars(_rdpo_args(f"--{key}" if "." in key else "--run-dir", "x"))
+    s = settings_from_args(_rdpo_args(
+        "configs/rdpo_safety.yaml", "--train.tau", "0.5", "--rdpo.filter_not_better", "true",
+        "--rdpo.min_margin", "0.25", "--critique.max_new_tokens", "64", "--critique.teacher", "openai:m@http://h/v1",
+        "--rdpo.scorer", "{type: judge, model: x}", "--rdpo.higher_is_better", "null", "--variant", "cdpo",
+        "--limit", "3", "--model", "some/model", "--run-dir", str(tmp_path)))
+    assert s.where == "configs/rdpo_safety.yaml"
+    assert s.cfg.train.tau == 0.5 and s.rdpo.filter_not_better is True and s.rdpo.min_margin == 0.25
+    assert s.critique.max_new_tokens == 64 and s.critique.teacher == "openai:m@http://h/v1"
+    assert s.rdpo.scorer == {"type": "judge", "model": "x"} and s.rdpo.higher_is_better is None
+    assert s.rdpo.variant == "cdpo" and s.critique.limit == 3 and s.cfg.model.name == "some/model"
+    assert s.cfg.run_dir == str(tmp_path)
+    # the long and the short flag share one destination: the last one given wins
+    assert settings_from_args(_rdpo_args("--limit", "3", "--critique.limit", "5")).critique.limit == 5
+    with pytest.raises(UserError, match=r"field 'rdpo.min_margin': expected a number, got 'wide'"):
+        settings_from_args(_rdpo_args("--rdpo.min_margin", "wide"))
+    with pytest.raises(UserError, match=r"field 'rdpo.variant': unknown variant 'ppo'"):
+        settings_from_args(_rdpo_args("--variant", "ppo"))
+
+
+def test_set_alias_still_works_and_warns(capsys):
+    s = settings_from_args(_rdpo_args("--set", "train.tau=0.05", "--set", "critique.system_prompt=be brief",
+                                      "--set", "rdpo.higher_is_better=", "--train.beta", "0.3"))
+    assert s.cfg.train.tau == 0.05 and s.critique.system_prompt == "be brief" and s.rdpo.higher_is_better is None
+    assert s.cfg.train.beta == 0.3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["negalign: warning: --set is deprecated and goes in the next release; write "
+                   "--train.tau 0.05 --critique.system_prompt 'be brief' --rdpo.higher_is_better null"]
+    # a flag wins over --set for the same key
+    assert settings_from_args(_rdpo_args("--set", "train.tau=0.05", "--train.tau", "2")).cfg.train.tau == 2.0
+    capsys.readouterr()
+    settings_from_args(_rdpo_args("--train.tau", "2"))  # no --set, no warning
+    assert "deprecated" not in capsys.readouterr().err
 
 
 def test_pair_train_data_layout(tokenizer, tiny_model, tmp_path):

@@ -9,9 +9,11 @@ import argparse
 import os
 import sys
 
-from negalign.config import flag_names, load_config
+from negalign.cli_flags import add_config_flags, config_keys, flag_overrides, unknown_arguments_error
+from negalign.config import Config, load_config
 from negalign.errors import UserError
 
+CONFIG_KEYS = config_keys(Config)
 SHORTCUTS = {  # short flags for the keys people change most
     "run_dir": "run_dir", "model": "model.name", "data": "data.source", "method": "train.method",
     "k": "sample.k", "steps": "train.max_steps", "lr": "train.lr", "lora": "model.lora.enabled",
@@ -27,26 +29,21 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="YAML config (any key below can also be given as a flag)")
-    short = p.add_argument_group("common settings")
-    for flag, key in SHORTCUTS.items():
-        short.add_argument(f"--{flag.replace('_', '-')}", dest=key, default=argparse.SUPPRESS, metavar="V",
-                           help=f"= --{key}")
-    keys = p.add_argument_group("every config key")
-    for key in flag_names():
-        if key in SHORTCUTS.values() and "." not in key:
-            continue
-        keys.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="V")
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a flag without its value, an ambiguous abbreviation) as one line, exit 2."""
+
+    def error(self, message: str):
+        print(f"negalign: error: {' '.join(message.split())}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _config(args):
-    overrides = {k: v for k, v in vars(args).items() if k in set(flag_names())}
-    return load_config(getattr(args, "config", None), overrides)
+    return load_config(getattr(args, "config", None), flag_overrides(args, CONFIG_KEYS))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="negalign", description=__doc__.splitlines()[0])
+    # Subparsers inherit the parser class, so every command's argparse errors are one line too.
+    parser = OneLineParser(prog="negalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, text in (("sample", "sample K anchors per prompt from the reference model"),
@@ -56,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         if name == "run":
             p.add_argument("config_file", nargs="?", help="YAML config (same as -c)")
-        _add_config_flags(p)
+        add_config_flags(p, CONFIG_KEYS, {flag.replace("_", "-"): key for flag, key in SHORTCUTS.items()})
         if name in ("train", "run"):
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
@@ -149,8 +146,10 @@ def _serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extras = build_parser().parse_known_args(argv)
     try:
+        if extras:  # an unknown `--section.key` is a user mistake like any other: one line naming it
+            raise unknown_arguments_error(extras, args, getattr(args, "command", "") or "")
         _quiet_libraries()
         return _run(args)
     except UserError as e:

@@ -439,29 +439,29 @@ def make_teacher(c: CritiqueConfig, student: str, *, model=None, tokenizer=None)
 # ---------------------------------------------------------------- CLI (`negalign critique`)
 
 def add_critique_parser(sub) -> None:
+    from negalign.cli_flags import add_config_flags
+    from negalign.rdpo import add_set_alias, rdpo_keys  # here: rdpo imports this module
+
     p = sub.add_parser("critique", help="rDPO data: teacher answer, critique and revision per prompt",
                        description="rDPO data: for each prompt the teacher answers, critiques its answer "
                                    "against the preset's principle and revises it; writes critique.jsonl "
-                                   "in the run directory (resumable).")
-    p.add_argument("config_file", nargs="?", help="rDPO YAML config (its critique section is used)")
-    p.add_argument("--preset", help=f"one of {', '.join(preset_names())} or a preset .yaml file")
-    p.add_argument("--teacher", help="teacher spec: transformers | openai:MODEL@BASE_URL | http://HOST/v1")
-    p.add_argument("--model", help="student/teacher model when no teacher is given (default: bundled)")
-    p.add_argument("--limit", type=int, help="first N prompts")
-    p.add_argument("--run-dir", help="where critique.jsonl goes")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="any config key, e.g. --set critique.max_new_tokens=64 (repeatable)")
+                                   "in the run directory (resumable). Any config key is also a flag: "
+                                   "--critique.max_new_tokens 64.")
+    p.add_argument("config_file", nargs="?", help="rDPO YAML config, its critique section is used (same as -c)")
+    add_config_flags(p, rdpo_keys(), {
+        "preset": ("critique.preset", f"one of {', '.join(preset_names())} or a preset .yaml file"),
+        "teacher": ("critique.teacher", "teacher spec: transformers | openai:MODEL@BASE_URL | http://HOST/v1"),
+        "model": ("model.name", "student/teacher model when no teacher is given (default: bundled)"),
+        "limit": ("critique.limit", "first N prompts (= --critique.limit)"),
+        "run-dir": ("run_dir", "where critique.jsonl goes")},
+        config_help="rDPO YAML config (any key below can also be given as a flag)")
+    add_set_alias(p)
 
 
 def main_critique(args) -> int:
-    from negalign.rdpo import cli_overrides, load_rdpo_config, stage_critique
+    from negalign.rdpo import settings_from_args, stage_critique
 
-    overrides = cli_overrides(args.set)
-    for flag, key in (("preset", "critique.preset"), ("teacher", "critique.teacher"), ("model", "model.name"),
-                      ("limit", "critique.limit"), ("run_dir", "run_dir")):
-        if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
-    settings = load_rdpo_config(args.config_file, overrides)
+    settings = settings_from_args(args)
     rows = stage_critique(settings)
     print(f"critique: wrote {len(rows)} rows to {Path(settings.cfg.run_dir) / settings.critique.output}")
     return 0

@@ -106,15 +106,21 @@ def load_rdpo_config(path: str | Path | None, overrides: dict[str, Any] | None =
     return rdpo_settings_from_dict(values, where)
 
 
-def cli_overrides(items: list[str]) -> dict[str, Any]:
-    """`--set section.key=value` pairs; values are parsed as YAML scalars (numbers, true, null)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"expected SECTION.KEY=VALUE, got {item!r}", field="--set")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
+def rdpo_keys() -> dict[str, Any]:
+    """Every key of an rDPO config with its type: the Config sections plus `critique` and `rdpo`."""
+    from negalign.cli_flags import config_keys
+
+    return {**config_keys(Config), **config_keys(CritiqueConfig, "critique"), **config_keys(RdpoConfig, "rdpo")}
+
+
+def settings_from_args(args: argparse.Namespace) -> RdpoSettings:
+    """The settings of an `rdpo` or `critique` command line: the config file, then the deprecated
+    `--set` pairs, then the `--section.key` flags (so a flag wins over `--set`)."""
+    from negalign.cli_flags import flag_overrides, set_overrides
+
+    overrides = set_overrides(getattr(args, "set", None) or [])
+    overrides.update(flag_overrides(args, rdpo_keys()))
+    return load_rdpo_config(getattr(args, "config_file", None) or getattr(args, "config", None), overrides)
 
 
 # ---------------------------------------------------------------- scores, labels, filter
@@ -397,25 +403,31 @@ def run_rdpo(config: str | Path | dict | RdpoSettings, overrides: dict[str, Any]
 
 # ---------------------------------------------------------------- CLI (`negalign rdpo`)
 
+def add_set_alias(p: argparse.ArgumentParser) -> None:
+    """`--set SECTION.KEY=VALUE`, kept one release for old scripts (it warns)."""
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="deprecated: write --SECTION.KEY VALUE")
+
+
 def add_rdpo_parser(sub) -> None:
+    from negalign.cli_flags import add_config_flags
+
     p = sub.add_parser("rdpo", help="rDPO end to end: critique, score, pairs, train (one YAML config)",
                        description="rDPO end to end from one YAML config: teacher critique and revision, "
                                    "scoring, soft-labelled pairs, DPO training. Every stage is cached in the "
-                                   "run directory, so rerunning the command resumes.")
-    p.add_argument("config_file", nargs="?", help="rDPO YAML config, e.g. configs/rdpo_safety.yaml")
-    p.add_argument("--variant", choices=VARIANTS, help="rdpo (soft labels) | dpo | cdpo | sft")
-    p.add_argument("--run-dir")
-    p.add_argument("--limit", type=int, help="first N prompts")
+                                   "run directory, so rerunning the command resumes. Any config key is also "
+                                   "a flag: --train.tau 0.5, --rdpo.filter_not_better true.")
+    p.add_argument("config_file", nargs="?", help="rDPO YAML config, e.g. configs/rdpo_safety.yaml (same as -c)")
     p.add_argument("--resume", action="store_true", help="continue training from the last checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="any config key, e.g. --set train.tau=0.1 (repeatable)")
+    add_config_flags(p, rdpo_keys(), {
+        "run-dir": "run_dir", "model": "model.name",
+        "variant": ("rdpo.variant", f"{' | '.join(VARIANTS)} (= --rdpo.variant)"),
+        "limit": ("critique.limit", "first N prompts (= --critique.limit)")},
+        config_help="rDPO YAML config (any key below can also be given as a flag)")
+    add_set_alias(p)
 
 
 def main_rdpo(args: argparse.Namespace) -> int:
-    overrides = cli_overrides(args.set)
-    for flag, key in (("variant", "rdpo.variant"), ("run_dir", "run_dir"), ("limit", "critique.limit")):
-        if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
-    out = run_rdpo(args.config_file, overrides, resume=args.resume)
+    out = run_rdpo(settings_from_args(args), resume=args.resume)
     print(f"rdpo: model saved to {out}")
     return 0
