@@ -80,7 +80,9 @@ def score_groups(model, groups: list[Group], *, batch_tokens: int, precision: st
     """[G, Rmax] summed log-probs and lengths of every group, in inference mode, length-sorted batches.
 
     With `partial_dir`, each batch's result is saved as it completes and reused on a rerun.
+    Under a multi-process launch only rank 0 logs.
     """
+    log = distributed.main_only(log)
     r_max = max((len(g.response_ids) for g in groups), default=0)
     logps = torch.zeros(len(groups), r_max, dtype=torch.float32)
     lengths = torch.zeros(len(groups), r_max, dtype=torch.int64)
@@ -147,6 +149,7 @@ def run_reference(cfg: Config, groups: list[Group], n_anchors: int, load_model_f
 
     `groups` are laid out as [anchors..., negative]; `load_model_fn(spec)` returns a model in eval use.
     """
+    log = distributed.main_only(log)  # under a multi-process launch, rank 0 alone prints progress
     run_dir = Path(cfg.run_dir)
     fp = reference_fingerprint(cfg, groups)
     cached = load_reference(run_dir, fp)

@@ -55,6 +55,7 @@ def check_meta(run_dir: Path, settings: dict) -> None:
 
 def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) -> dict[str, list[str]]:
     """Sample anchors for every example not yet in anchors.jsonl; return all anchors by example id."""
+    log = distributed.main_only(log)  # under a multi-process launch, rank 0 alone prints progress
     run_dir = Path(cfg.run_dir)
     if cfg.sample.k == 0:
         return {ex.id: [] for ex in examples}
