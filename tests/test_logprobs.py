@@ -43,11 +43,12 @@ def _assert_grads_close(a: dict, b: dict, rel: float):
         assert err < rel, f"{name}: relative gradient error {err:.2e}"
 
 
-def test_grouped_equals_naive_values_and_gradients(tiny_model, tokenizer):
+@pytest.mark.parametrize("method", ["grouped", "grouped_mask"])
+def test_grouped_equals_naive_values_and_gradients(tiny_model, tokenizer, method):
     groups = _groups(tokenizer.eos_token_id)
     weights = torch.randn(3, 4)
     naive, len_n, g_naive = _weighted_backward(tiny_model, groups, "naive", weights)
-    grouped, len_g, g_grouped = _weighted_backward(tiny_model, groups, "grouped", weights, chunk_tokens=7)
+    grouped, len_g, g_grouped = _weighted_backward(tiny_model, groups, method, weights, chunk_tokens=7)
     assert grouped.shape == (3, 4) and grouped.dtype == torch.float32
     assert len_g.dtype == torch.int64 and torch.equal(len_g, len_n)
     assert len_g.tolist() == [[6, 3, 11, 1], [8, 0, 0, 0], [4, 9, 1, 0]]
@@ -56,6 +57,60 @@ def test_grouped_equals_naive_values_and_gradients(tiny_model, tokenizer):
     assert (grouped[len_g > 0] < -5).all()
     torch.testing.assert_close(grouped, naive, atol=1e-5, rtol=1e-6)
     _assert_grads_close(g_grouped, g_naive, rel=1e-5)
+
+
+def test_sdpa_models_take_the_per_segment_attention(tiny_model, tokenizer, monkeypatch):
+    """"grouped" runs attention per segment (every layer gets the layout), then restores the model's own."""
+    from negalign import segment_attention
+
+    calls = []
+    real = segment_attention.segment_attention_forward
+
+    def spy(module, *args, **kwargs):
+        calls.append("negalign_layout" in kwargs)
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setattr(segment_attention, "segment_attention_forward", spy)
+    assert tiny_model.config._attn_implementation == "sdpa"
+    with torch.inference_mode():
+        group_logprobs(tiny_model, _groups(tokenizer.eos_token_id))
+        assert calls == [True] * tiny_model.config.num_hidden_layers
+        assert tiny_model.config._attn_implementation == "sdpa"
+        calls.clear()
+        group_logprobs(tiny_model, _groups(tokenizer.eos_token_id), method="grouped_mask")
+        tiny_model(torch.tensor([[1, 2, 3]]))
+    assert calls == []
+
+
+def test_a_model_that_drops_the_layout_is_caught(tiny_model, tokenizer, monkeypatch):
+    from negalign import segment_attention
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def ignores_layout(module, query, key, value, mask, negalign_layout=None, **kwargs):
+        return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(segment_attention, "segment_attention_forward", ignores_layout)
+    with torch.inference_mode(), pytest.raises(UserError, match="grouped_mask"):
+        group_logprobs(tiny_model, _groups(tokenizer.eos_token_id))
+    assert tiny_model.config._attn_implementation == "sdpa"
+
+
+def test_segment_layout_covers_every_real_position_once():
+    from negalign.segment_attention import build_layout
+
+    # Two rows of width 9. Row 0: prompt 3, responses at columns (3, 2) and (5, 4); row 1: prompt 5,
+    # one response at (5, 1). Positions are flat: row * 9 + column.
+    layout = build_layout([(0, 3), (9, 5)], [(3, 2, 0), (5, 4, 0), (14, 1, 1)], 18, "cpu")
+    real = [0, 1, 2, 3, 4, 5, 6, 7, 8] + [9 + c for c in range(6)]
+    assert sorted(layout.out_index.tolist()) == real
+    assert layout.prompt_mask is not None and layout.prompt_mask.shape == (2, 1, 5, 5)
+    # Response 2 (row 1) sees its 5 prompt keys, then only its own first token.
+    assert layout.response_kv[2].tolist() == [9, 10, 11, 12, 13, 14, 14, 14, 14]
+    assert layout.response_mask[2, 0, 0].tolist() == [True] * 5 + [True, False, False, False]
+    # Response 0 (row 0): prompt keys 0-2 valid, padded prompt slots 3-4 not; causal over its own.
+    assert layout.response_mask[0, 0, 1].tolist() == [True, True, True, False, False, True, True, False, False]
+    # Every softmax row has at least one key (padding queries included).
+    assert layout.response_mask.any(-1).all() and layout.prompt_mask.any(-1).all()
 
 
 def test_each_group_alone_equals_the_batch(tiny_model, tokenizer):

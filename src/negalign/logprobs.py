@@ -4,7 +4,10 @@ A D2O group is one prompt with K anchors and one negative. The fast path ("group
 group into one row  [prompt, resp_1, ..., resp_R]  with a block attention mask: every response
 sees the prompt and its own earlier tokens, never another response, and its position ids restart
 right after the prompt. The prompt is thus computed once per group instead of R times, and the
-result equals scoring each (prompt + response) on its own.
+result equals scoring each (prompt + response) on its own. With sdpa attention the block mask is
+not even applied as a mask: attention runs per segment (negalign.segment_attention), so its work
+grows with the responses' lengths, not with the square of the packed row's; "grouped_mask" keeps
+the masked whole-row attention (eager models use it too).
 
 The LM head never produces [batch, length, vocab] logits: only the positions that predict response
 tokens are projected, `chunk_tokens` rows at a time, and when gradients are needed with several
@@ -20,9 +23,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from negalign import segment_attention
 from negalign.errors import UserError
 
-METHODS = ("grouped", "naive")
+METHODS = ("grouped", "grouped_mask", "naive")
 _MASKABLE_ATTENTION = ("sdpa", "eager")  # implementations that honour a custom 4D mask as given
 
 
@@ -59,7 +63,8 @@ def group_logprobs(model, groups: list[Group], *, method: str = "grouped",
     if method == "naive":
         token_logps, slots = _naive_token_logps(model, groups, device, r_max)
     else:
-        token_logps, slots = _grouped_token_logps(model, groups, device, r_max, chunk_tokens)
+        token_logps, slots = _grouped_token_logps(model, groups, device, r_max, chunk_tokens,
+                                                  per_segment=method == "grouped")
     logps = torch.zeros(n_groups * r_max, dtype=torch.float32, device=device)
     logps = logps.index_add(0, slots, token_logps)
     return logps.view(n_groups, r_max), lengths
@@ -120,36 +125,48 @@ class _Packed:
     pred_col: torch.Tensor      # [N] its column
     labels: torch.Tensor        # [N] the token it predicts
     slots: torch.Tensor         # [N] flat output slot g * r_max + j
+    prompts: list[tuple[int, int]]           # per group: (flat start, length) of its prompt
+    responses: list[tuple[int, int, int]]    # per non-empty response: (flat start, length, group)
 
 
-def _pack(groups, r_max) -> _Packed:
-    width = max(len(g.prompt_ids) + sum(len(r) for r in g.response_ids) for g in groups)
-    ids = torch.zeros(len(groups), width, dtype=torch.long)
-    pos = torch.zeros(len(groups), width, dtype=torch.long)
-    seg = torch.full((len(groups), width), -1, dtype=torch.long)
+def _pack(groups, r_max, *, one_row: bool = False) -> _Packed:
+    """One row per group (width = the longest group), or, with `one_row`, all groups end to end in
+    a single row with no padding at all (only per-segment attention can keep groups apart there)."""
+    sizes = [len(g.prompt_ids) + sum(len(r) for r in g.response_ids) for g in groups]
+    rows, width = (1, sum(sizes)) if one_row else (len(groups), max(sizes))
+    ids = torch.zeros(rows, width, dtype=torch.long)
+    pos = torch.zeros(rows, width, dtype=torch.long)
+    seg = torch.full((rows, width), -1, dtype=torch.long)
     pred_row, pred_col, labels, slots = [], [], [], []
+    prompts, responses = [], []
+    offset = 0
     for gi, g in enumerate(groups):
+        row, col = (0, offset) if one_row else (gi, 0)
+        offset += sizes[gi]
         p = len(g.prompt_ids)
-        ids[gi, :p] = torch.tensor(g.prompt_ids)
-        pos[gi, :p] = torch.arange(p)
-        seg[gi, :p] = 0
-        start = p
+        ids[row, col:col + p] = torch.tensor(g.prompt_ids)
+        pos[row, col:col + p] = torch.arange(p)
+        seg[row, col:col + p] = 0
+        prompts.append((row * width + col, p))
+        start = col + p
         for ri, resp in enumerate(g.response_ids):
             n = len(resp)
             if n == 0:
                 continue
-            ids[gi, start:start + n] = torch.tensor(resp)
-            pos[gi, start:start + n] = torch.arange(p, p + n)  # as if the response followed the prompt
-            seg[gi, start:start + n] = ri + 1
+            ids[row, start:start + n] = torch.tensor(resp)
+            pos[row, start:start + n] = torch.arange(p, p + n)  # as if the response followed the prompt
+            seg[row, start:start + n] = ri + 1
             # The first token is predicted by the last prompt token, the others by their predecessor.
-            pred_col.append(torch.cat([torch.tensor([p - 1]), torch.arange(start, start + n - 1)]))
-            pred_row.append(torch.full((n,), gi))
+            pred_col.append(torch.cat([torch.tensor([col + p - 1]), torch.arange(start, start + n - 1)]))
+            pred_row.append(torch.full((n,), row))
             labels.append(torch.tensor(resp))
             slots.append(torch.full((n,), gi * r_max + ri))
+            responses.append((row * width + start, n, gi))
             start += n
-        pos[gi, start:] = torch.arange(width - start)  # padding: any valid positions
+        if not one_row:
+            pos[row, start:] = torch.arange(width - start)  # padding: any valid positions
     return _Packed(ids, pos, seg, torch.cat(pred_row), torch.cat(pred_col), torch.cat(labels),
-                   torch.cat(slots))
+                   torch.cat(slots), prompts, responses)
 
 
 def block_attention_mask(segment: torch.Tensor) -> torch.Tensor:
@@ -173,7 +190,7 @@ def _attention_implementation(model) -> str:
     return getattr(config, "_attn_implementation", None) or "eager"
 
 
-def _grouped_token_logps(model, groups, device, r_max, chunk_tokens):
+def _grouped_token_logps(model, groups, device, r_max, chunk_tokens, per_segment: bool):
     inner = unwrap_model(model)
     impl = _attention_implementation(inner)
     if impl not in _MASKABLE_ATTENTION:
@@ -182,19 +199,37 @@ def _grouped_token_logps(model, groups, device, r_max, chunk_tokens):
                         f"attn_implementation='sdpa' or use method='naive'", field="attn_implementation")
     decoder, head, transform = _split_model(inner)
     _check_sliding_window(inner.config, groups)
-    packed = _pack(groups, r_max)
-    segment = packed.segment.to(device)
-    mask = block_attention_mask(segment)
-    if impl == "eager":
-        # Eager attention adds the mask to the scores: it must be additive, in the compute dtype.
-        dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
-        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-    hidden = _final_hidden_states(model, decoder, input_ids=packed.input_ids.to(device),
-                                  attention_mask=mask, position_ids=packed.position_ids.to(device))
+    # Transformers' own gradient checkpointing would recompute layers outside this call, with
+    # the model's usual attention: keep the masked path there so recompute matches the forward.
+    per_segment = per_segment and segment_attention.supports(inner.config) and not _checkpointing_layers(inner)
+    packed = _pack(groups, r_max, one_row=per_segment)
+    inputs = dict(input_ids=packed.input_ids.to(device), position_ids=packed.position_ids.to(device))
+    if per_segment:
+        layout = segment_attention.build_layout(packed.prompts, packed.responses,
+                                                packed.input_ids.numel(), device)
+        with segment_attention.segment_attention(inner.config):
+            hidden = _final_hidden_states(model, decoder, **inputs, attention_mask=None, negalign_layout=layout)
+        if layout.calls == 0:
+            # The groups share one row: attention that ignored the layout mixed them.
+            raise UserError(f"{type(inner).__name__} does not pass attention keywords to its attention "
+                            f"layers; use method='grouped_mask'", field="method")
+    else:
+        mask = block_attention_mask(packed.segment.to(device))
+        if impl == "eager":
+            # Eager attention adds the mask to the scores: it must be additive, in the compute dtype.
+            dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+        hidden = _final_hidden_states(model, decoder, **inputs, attention_mask=mask)
     selected = hidden[packed.pred_row.to(device), packed.pred_col.to(device)]  # [N, hidden]
     token_logps = chunked_label_logprobs(selected, packed.labels.to(device), head, transform,
                                          chunk_tokens=chunk_tokens)
     return token_logps, packed.slots.to(device)
+
+
+def _checkpointing_layers(model) -> bool:
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
 
 
 def _sliding_window(config) -> int | None:
@@ -305,7 +340,9 @@ def logits_transform(config):
 
 
 def _chunk_label_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head, transform) -> torch.Tensor:
-    logits = head(hidden)
+    # A gathered FSDP2 head is applied as a function, not called (see _fsdp2_gathered).
+    logits = (torch.nn.functional.linear(hidden, head.weight, head.bias) if _fsdp2_gathered(head)
+              else head(hidden))
     logits = logits.float()  # log-softmax over 49k+ entries in fp32, also under bf16 autocast
     if transform is not None:
         logits = transform(logits)
@@ -319,9 +356,24 @@ def _fused_head_applies(head, transform) -> bool:
     It reads `head.weight` directly, so a head with hooks (ZeRO-3 / FSDP gather their shards in
     them) or a sharded weight goes through head(hidden) instead.
     """
-    return (transform is None and type(head) is torch.nn.Linear and head.bias is None
-            and not head._forward_pre_hooks and not head._forward_hooks
+    plain = type(head) is torch.nn.Linear and not head._forward_pre_hooks and not head._forward_hooks
+    return (transform is None and (plain or _fsdp2_gathered(head)) and head.bias is None
             and tuple(head.weight.shape) == (head.out_features, head.in_features))
+
+
+def _fsdp2_gathered(head) -> bool:
+    """An FSDP2 (fully_shard) Linear whose weight is gathered (after the forward, when its unit keeps it).
+
+    Calling it as a module after the model's forward would open a new forward for its FSDP unit,
+    whose post-backward reshards the unit right after the head's backward and frees the final
+    norm's weight before the norm's backward reads it (a crash). Its gathered weight is used directly.
+    """
+    module_type = getattr(getattr(torch.distributed, "fsdp", None), "FSDPModule", None)
+    if module_type is None or not isinstance(head, module_type) or not isinstance(head, torch.nn.Linear):
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return not isinstance(head.weight, DTensor)
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
