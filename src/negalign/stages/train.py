@@ -207,6 +207,29 @@ def sharded_state(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def micro_batches(global_idx: list[int], rank: int, world: int, micro_groups: int, *,
+                  same_count: bool) -> list[tuple[list[int], float]]:
+    """This process's micro-batches of a global batch, each with the weight of its loss (0 or 1).
+
+    `same_count` pads with weight-0 micro-batches so that every process runs as many forwards and
+    backwards: FSDP and ZeRO-3 gather parameters in every forward (a collective), so a process with
+    one micro-batch fewer would leave the others waiting for ever.
+    """
+    local_idx, weight = local_share(global_idx, rank, world)
+    micro = [(local_idx[i:i + micro_groups], weight) for i in range(0, len(local_idx), micro_groups)]
+    if same_count:
+        most = math.ceil(math.ceil(len(global_idx) / world) / micro_groups)
+        micro += [(global_idx[:1], 0.0)] * (most - len(micro))
+    return micro
+
+
+def fused_adamw_applies(params, accelerator) -> bool:
+    """torch's fused AdamW (one kernel over all tensors; 0.07 vs 0.18 s per step at 135M on this
+    CPU) takes plain float tensors on CPU or CUDA; FSDP/DeepSpeed swap in their own parameters."""
+    return (not sharded_state(accelerator) and bool(params)
+            and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params))
+
+
 def local_share(global_idx: list[int], rank: int, world: int) -> tuple[list[int], float]:
     """This process's groups of a global batch, and the weight of their loss (0 or 1).
 
@@ -248,7 +271,8 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     steps = total_steps(n, cfg)
     warmup = int(round(t.warmup_ratio * steps))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
+                                  fused=fused_adamw_applies(params, accelerator))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
     model.train()
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -295,11 +319,10 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
         for step in range(start_step, steps):
             t0 = time.perf_counter()
             global_idx = step_indices(n, t.groups_per_step, t.seed, step)
-            local_idx, weight = local_share(global_idx, rank, world)
-            micro = [local_idx[i:i + t.micro_groups] for i in range(0, len(local_idx), t.micro_groups)]
+            micro = micro_batches(global_idx, rank, world, t.micro_groups, same_count=sharded_state(accelerator))
             sums: dict[str, float] = {}
             tokens, finite = 0, True
-            for m, idx in enumerate(micro):
+            for m, (idx, weight) in enumerate(micro):
                 sync = m == len(micro) - 1
                 ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
                 with ctx:
