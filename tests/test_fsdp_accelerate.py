@@ -25,13 +25,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from negalign import distributed, logprobs, pipeline
+from negalign import distributed, pipeline
 from negalign.config import load_config
 from negalign.data.loaders import save_examples
 from negalign.data.records import Example
 from negalign.errors import UserError
 from negalign.models import load_model
-from negalign.stages import train
 from negalign.stages.reference import run_reference
 from negalign.stages.sample import run_sample
 
@@ -117,17 +116,10 @@ def _copy_inputs(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if Path(d) == src and n in ("train", "model")])
 
 
-# Two fixes this path needs (diffs in the issue-6 FSDP report): the chunked head must not call an
-# FSDP2-hooked lm_head after the forward (segfault in the final norm's backward), and every process
-# must run as many micro-batches per step (FSDP gathers weights in each forward; else a hang).
-_FIXED = hasattr(logprobs, "_fsdp2_gathered") and hasattr(train, "micro_batches")
-
-
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model/model.safetensors"))
 
 
-@pytest.mark.xfail(not _FIXED, run=False, reason="needs the logprobs/train FSDP fixes (issue 6 report)")
 def test_accelerate_fsdp_train_checkpoint_resume_and_gathered_model(run_config, tmp_path):
     single = tmp_path / "single"
     cfg = load_config(run_config, {"run_dir": str(single)})
