@@ -108,7 +108,7 @@ def child_negalign(args) -> dict:
 
     from negalign.logprobs import group_logprobs
     from negalign.stages.reference import ReferenceScores, split_columns
-    from negalign.stages.train import TrainData, batch_logps
+    from negalign.stages.train import TrainData, batch_logps, fused_adamw_applies
     from negalign.objectives import compute_objective
 
     model, tok = _load(args.folder, args.device)
@@ -134,7 +134,7 @@ def child_negalign(args) -> dict:
     model.train()
     data = TrainData(groups=groups, n_anchors=k, reference=ref)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-6)
+    opt = torch.optim.AdamW(params, lr=1e-6, fused=fused_adamw_applies(params, None))  # as stages/train.py
     hp = {"beta": 0.1, "alpha": 0.1, "delta": 0.0, "tau": 1.0}
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
