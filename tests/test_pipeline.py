@@ -120,6 +120,28 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cfg, tmp_path):
     assert steps == list(range(1, 7))  # nothing logged twice
 
 
+def test_activation_checkpointing_trains_to_the_same_weights_and_may_be_switched_on_at_resume(cfg, tmp_path):
+    model, tok, data = _train_data(cfg)
+    cfg_a = config_from_dict({**cfg.to_dict(), "run_dir": str(tmp_path / "plain")})
+    run_train(cfg_a, model, tok, data, log=lambda *_: None)
+    expected = load_file(str(tmp_path / "plain" / "model" / "model.safetensors"))
+
+    def crash_at_3(step, _model):
+        if step == 3:
+            raise _Crash
+
+    cfg_b = config_from_dict({**cfg.to_dict(), "run_dir": str(tmp_path / "ckpt")})
+    model, tok, _ = _train_data(cfg)
+    with pytest.raises(_Crash):
+        run_train(cfg_b, model, tok, data, log=lambda *_: None, on_step=crash_at_3)
+    on = config_from_dict({**cfg_b.to_dict(), "train": {**cfg_b.to_dict()["train"], "activation_checkpointing": True}})
+    model, tok, _ = _train_data(cfg)
+    run_train(on, model, tok, data, resume=True, log=lambda *_: None)
+    got = load_file(str(tmp_path / "ckpt" / "model" / "model.safetensors"))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
 def test_lora_training_saves_a_merged_model(cfg):
     cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "lora": {"enabled": True, "r": 4}}})
     out = pipeline.stage_all(cfg, log=lambda *_: None)

@@ -110,6 +110,7 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     keep_checkpoints_when_done: bool = False  # delete them once the final model is saved
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward: less memory, ~1/3 more time
     max_nonfinite_steps: int = 5      # consecutive skipped steps before the run stops
     online: OnlineConfig = field(default_factory=OnlineConfig)
 

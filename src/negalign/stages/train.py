@@ -270,6 +270,10 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     log = log if main else (lambda *_a, **_k: None)  # one copy of every line, from rank 0
     steps = total_steps(n, cfg)
     warmup = int(round(t.warmup_ratio * steps))
+    if t.activation_checkpointing:
+        from negalign.checkpointing import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
                                   fused=fused_adamw_applies(params, accelerator))
@@ -287,7 +291,9 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
         return contextlib.nullcontext()
 
     start_step, nonfinite_total = 0, 0
-    run_fp = fingerprint({"train": dataclasses.asdict(t), "model": dataclasses.asdict(cfg.model),
+    # Activation checkpointing changes memory, not results: a run may resume with it switched on.
+    run_fp = fingerprint({"train": {k: v for k, v in dataclasses.asdict(t).items() if k != "activation_checkpointing"},
+                          "model": dataclasses.asdict(cfg.model),
                           "data": dataclasses.asdict(cfg.data), "groups": n})
     if resume:
         ckpts = list_checkpoints(run_dir)
