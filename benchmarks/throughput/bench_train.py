@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/throughput/bench_train.py --out results-cpu.json
         [--model default | --random-init CONFIG_DIR] [--device cpu|cuda] [--anchors 4 8]
-        [--systems negalign trl-pre trl-ref trl-gc] [--steps 2] [--mem-anchors 2 16] [--sampling]
+        [--systems negalign negalign-ac trl-pre trl-ref trl-gc] [--steps 2] [--mem-anchors 2 16] [--sampling]
 
 A D2O group is one prompt, K anchors and one negative. The systems train on the same groups, the
 same model weights, the same precision (fp32 master weights, bf16 autocast by default):
@@ -10,6 +10,7 @@ same model weights, the same precision (fp32 master weights, bf16 autocast by de
 - negalign:  the pipeline's step (stages/train.py: batch_logps -> compute_objective("d2o") ->
              backward -> clip 1.0 -> AdamW); one packed row per group (prompt once, block mask),
              reference log-probs precomputed before training as `negalign reference` does.
+- negalign-ac: the same with train.activation_checkpointing (each decoder layer recomputed in backward).
 - trl-pre:   TRL DPOTrainer over the K (anchor, negative) pairs of each group (2K sequences, each
              repeating the prompt), precompute_ref_log_probs=True, gradient_checkpointing=False.
 - trl-ref:   the same, reference forward at every step (TRL's default), gradient_checkpointing=False.
@@ -46,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-SYSTEMS = ("negalign", "trl-pre", "trl-ref", "trl-gc")
+SYSTEMS = ("negalign", "negalign-ac", "trl-pre", "trl-ref", "trl-gc")
 HERE = Path(__file__).resolve().parent
 
 
@@ -131,6 +132,10 @@ def child_negalign(args) -> dict:
     ref = ReferenceScores(*split_columns(lp, ln, [k + 1] * len(groups), k))
     _sync(args.device)
     ref_s = time.perf_counter() - t0
+    if args.system == "negalign-ac":
+        from negalign.checkpointing import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
     model.train()
     data = TrainData(groups=groups, n_anchors=k, reference=ref)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -321,7 +326,7 @@ def main() -> None:
     rows = []
     for k in args.anchors:
         for system in args.systems:  # interleaved: every system at this K before the next K
-            mode = "negalign" if system == "negalign" else "trl"
+            mode = "negalign" if system.startswith("negalign") else "trl"
             raw = run_child(args, mode, k=k, system=system)
             row = {"system": system, "K": k, **raw}
             if "error" not in raw:
