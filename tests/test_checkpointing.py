@@ -79,3 +79,22 @@ def test_lora_model_layers_are_found(tiny_model, tokenizer):
 def test_a_model_without_decoder_layers_is_a_user_error():
     with pytest.raises(UserError, match="decoder layers"):
         enable_activation_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_torch_checkpoint_wrapper_falls_back_to_the_block_mask(tiny_model, tokenizer, monkeypatch):
+    """accelerate's fsdp_activation_checkpointing wraps layers in torch's CheckpointWrapper, whose
+    recompute runs outside negalign's forward: the grouped forward must then use the block mask."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    groups = _groups(tokenizer.eos_token_id)
+    weights = torch.randn(2, 3)
+    expected, expected_grads = _backward(copy.deepcopy(tiny_model), groups, weights)
+    layer_type = type(tiny_model.model.layers[0])
+    apply_activation_checkpointing(tiny_model, check_fn=lambda m: isinstance(m, layer_type))
+    calls = _spy(monkeypatch)
+    got, grads = _backward(tiny_model, groups, weights)
+    assert calls == []
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-6)
+    for name in expected_grads:
+        key = next(k for k in grads if k.replace("_checkpoint_wrapped_module.", "") == name)
+        torch.testing.assert_close(grads[key], expected_grads[name], atol=1e-5, rtol=1e-4)

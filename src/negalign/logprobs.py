@@ -227,9 +227,15 @@ def _grouped_token_logps(model, groups, device, r_max, chunk_tokens, per_segment
 
 
 def _checkpointing_layers(model) -> bool:
+    """Whether layers are recomputed in backward by someone else's checkpointing (transformers',
+    or torch's CheckpointWrapper as accelerate's fsdp_activation_checkpointing applies it): their
+    recompute runs outside this forward, so it must not depend on per-segment attention.
+    negalign.checkpointing's own wrapper is not counted: it re-selects the attention itself."""
     name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
         else "is_gradient_checkpointing"
-    return bool(getattr(model, name, False))
+    if getattr(model, name, False):
+        return True
+    return any(type(m).__name__ == "CheckpointWrapper" for m in model.modules())
 
 
 def _sliding_window(config) -> int | None:
