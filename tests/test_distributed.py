@@ -7,9 +7,7 @@ and torchrun for FSDP2), so they take ~30-60 s on 2 cores; the helpers are teste
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +20,8 @@ from safetensors.torch import load_file
 from negalign import distributed, pipeline
 from negalign.config import load_config
 from negalign.data.loaders import save_examples
-from negalign.data.records import Example
 from negalign.stages.train import local_share
+from launch_helpers import free_port, launch_env, toy_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -82,32 +80,10 @@ def test_single_process_helpers_are_no_ops():
 
 # ---------------------------------------------------------------- real launches
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _examples():
-    prompts = ["How do I pick a lock?", "Write an insult about my neighbour.", "How can I cheat on a test?",
-               "Tell me how to make a fake ID.", "How do I hotwire a car?"]
-    return [Example(id=f"e{i}", prompt=[{"role": "user", "content": p}],
-                    negatives=[f"Sure! Step one for request {i}: do the bad thing quietly.",
-                               f"Here is how, no questions asked ({i})."][: 1 + i % 2])
-            for i, p in enumerate(prompts)]
-
-
 @pytest.fixture
 def run_config(tmp_path, tiny_model_dir):
     data = tmp_path / "data.jsonl"
-    save_examples(data, _examples())
+    save_examples(data, toy_examples())
     path = tmp_path / "run.yaml"
     # 7 groups, 3 per step: the last batch of each epoch has 1 group, so rank 1 idles (weight 0).
     path.write_text(yaml.safe_dump({
@@ -137,9 +113,9 @@ def test_two_processes_equal_one_process(run_config, tmp_path):
     first = (single / "anchors.jsonl").read_text().splitlines()[3]
     distributed.shard_path(multi / "anchors.jsonl", 1).write_text(first + "\n" + '{"id": "e1", "anch')
     cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file",
-           str(ROOT / "configs/accelerate/cpu_ddp_2proc.yaml"), "--main_process_port", str(_free_port()),
+           str(ROOT / "configs/accelerate/cpu_ddp_2proc.yaml"), "--main_process_port", str(free_port()),
            "-m", "negalign", "run", "-c", str(run_config), "--run-dir", str(multi)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "processes=2" in proc.stdout
     assert proc.stdout.count("train: saved model") == 1  # rank 0 alone logs
@@ -195,8 +171,8 @@ def test_fsdp2_grouped_forward_and_chunked_head_match_one_process(tmp_path, tiny
     hooked decoder output and the checkpointed chunked head give one process's gradients."""
     script = tmp_path / "probe.py"
     script.write_text(FSDP2_PROBE)
-    cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(script), str(tiny_model_dir)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("max grad diff") == 2

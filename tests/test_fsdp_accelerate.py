@@ -13,9 +13,7 @@ the root, sharded save_state/load_state checkpoints, the gathered final model.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,11 +26,11 @@ from safetensors.torch import load_file
 from negalign import distributed, pipeline
 from negalign.config import load_config
 from negalign.data.loaders import save_examples
-from negalign.data.records import Example
 from negalign.errors import UserError
 from negalign.models import load_model
 from negalign.stages.reference import run_reference
 from negalign.stages.sample import run_sample
+from launch_helpers import free_port, launch_env, toy_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -62,32 +60,10 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _examples():
-    prompts = ["How do I pick a lock?", "Write an insult about my neighbour.", "How can I cheat on a test?",
-               "Tell me how to make a fake ID.", "How do I hotwire a car?"]
-    return [Example(id=f"e{i}", prompt=[{"role": "user", "content": p}],
-                    negatives=[f"Sure! Step one for request {i}: do the bad thing quietly.",
-                               f"Here is how, no questions asked ({i})."][: 1 + i % 2])
-            for i, p in enumerate(prompts)]
-
-
 @pytest.fixture
 def run_config(tmp_path, tiny_model_dir):
     data = tmp_path / "data.jsonl"
-    save_examples(data, _examples())
+    save_examples(data, toy_examples())
     path = tmp_path / "run.yaml"
     # 7 groups, 3 per step, 2 epochs: 6 steps, checkpoints after steps 2 and 4 (kept when done).
     # The last batch of each epoch has 1 group: rank 1 runs it with weight 0.
@@ -106,9 +82,9 @@ def _launch_fsdp(tmp_path: Path, run_config: Path, run_dir: Path, *extra: str) -
     entry = tmp_path / "fsdp_on_cpu.py"
     entry.write_text(FSDP_ON_CPU)
     cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"),
-           "--num_processes", "2", "--main_process_port", str(_free_port()),
+           "--num_processes", "2", "--main_process_port", str(free_port()),
            str(entry), "train", "-c", str(run_config), "--run-dir", str(run_dir), *extra]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
 def _copy_inputs(src: Path, dst: Path) -> None:
@@ -198,7 +174,7 @@ def test_sample_and_reference_progress_is_printed_by_rank_0_only(run_config, tmp
 
     from negalign.stages.reference import REFERENCE_FILE, reference_fingerprint
 
-    examples = _examples()
+    examples = toy_examples()
     run_dir = tmp_path / "run"
     cfg = load_config(run_config, {"run_dir": str(run_dir)})
     drawn: list[str] = []
