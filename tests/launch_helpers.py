@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
+import yaml
+
+from negalign.data.loaders import save_examples
 from negalign.data.records import Example
 
 
@@ -30,3 +34,20 @@ def toy_examples() -> list[Example]:
                     negatives=[f"Sure! Step one for request {i}: do the bad thing quietly.",
                                f"Here is how, no questions asked ({i})."][: 1 + i % 2])
             for i, p in enumerate(prompts)]
+
+
+def write_run_config(tmp_path: Path, model_dir, *, sample: dict, reference: dict, train: dict) -> Path:
+    """run.yaml over the toy examples (7 groups) and a tiny model: fp32, 3 groups per step, 2 epochs,
+    checkpoints every 2 steps; each section's dict adds to or overrides those settings."""
+    data = tmp_path / "data.jsonl"
+    save_examples(data, toy_examples())
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"name": str(model_dir)},
+        "data": {"source": str(data), "max_response_tokens": 24},
+        "sample": {"k": 2, "max_new_tokens": 8, "backend": "transformers", **sample},
+        "reference": {"precision": "fp32", **reference},
+        "train": {"groups_per_step": 3, "micro_groups": 1, "lr": 1e-3, "precision": "fp32", "save_every": 2,
+                  "warmup_ratio": 0.0, "epochs": 2, **train},
+    }))
+    return path

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from negalign import distributed, pipeline
 from negalign.config import load_config
-from negalign.data.loaders import save_examples
 from negalign.stages.train import local_share
-from launch_helpers import free_port, launch_env, toy_examples
+from launch_helpers import free_port, launch_env, write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -82,19 +80,9 @@ def test_single_process_helpers_are_no_ops():
 
 @pytest.fixture
 def run_config(tmp_path, tiny_model_dir):
-    data = tmp_path / "data.jsonl"
-    save_examples(data, toy_examples())
-    path = tmp_path / "run.yaml"
     # 7 groups, 3 per step: the last batch of each epoch has 1 group, so rank 1 idles (weight 0).
-    path.write_text(yaml.safe_dump({
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"source": str(data), "max_response_tokens": 24},
-        "sample": {"k": 2, "max_new_tokens": 8, "prompts_per_write": 1, "backend": "transformers"},
-        "reference": {"precision": "fp32", "batch_tokens": 64},
-        "train": {"groups_per_step": 3, "micro_groups": 1, "lr": 1e-3, "precision": "fp32", "save_every": 2,
-                  "warmup_ratio": 0.0, "epochs": 2},
-    }))
-    return path
+    return write_run_config(tmp_path, tiny_model_dir, sample={"prompts_per_write": 1},
+                            reference={"batch_tokens": 64}, train={})
 
 
 def test_two_processes_equal_one_process(run_config, tmp_path):

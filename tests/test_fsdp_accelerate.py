@@ -20,17 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from negalign import distributed, pipeline
 from negalign.config import load_config
-from negalign.data.loaders import save_examples
 from negalign.errors import UserError
 from negalign.models import load_model
 from negalign.stages.reference import run_reference
 from negalign.stages.sample import run_sample
-from launch_helpers import free_port, launch_env, toy_examples
+from launch_helpers import free_port, launch_env, toy_examples, write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -62,20 +60,11 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture
 def run_config(tmp_path, tiny_model_dir):
-    data = tmp_path / "data.jsonl"
-    save_examples(data, toy_examples())
-    path = tmp_path / "run.yaml"
     # 7 groups, 3 per step, 2 epochs: 6 steps, checkpoints after steps 2 and 4 (kept when done).
     # The last batch of each epoch has 1 group: rank 1 runs it with weight 0.
-    path.write_text(yaml.safe_dump({
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"source": str(data), "max_response_tokens": 24},
-        "sample": {"k": 2, "max_new_tokens": 8, "prompts_per_write": 4, "backend": "transformers"},
-        "reference": {"precision": "fp32", "batch_tokens": 256},
-        "train": {"groups_per_step": 3, "micro_groups": 1, "lr": 1e-3, "precision": "fp32", "save_every": 2,
-                  "warmup_ratio": 0.0, "epochs": 2, "keep_checkpoints": 3, "keep_checkpoints_when_done": True},
-    }))
-    return path
+    return write_run_config(tmp_path, tiny_model_dir, sample={"prompts_per_write": 4},
+                            reference={"batch_tokens": 256},
+                            train={"keep_checkpoints": 3, "keep_checkpoints_when_done": True})
 
 
 def _launch_fsdp(tmp_path: Path, run_config: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
