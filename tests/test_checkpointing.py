@@ -9,7 +9,7 @@ import torch
 
 from negalign import segment_attention
 from negalign.checkpointing import enable_activation_checkpointing
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.logprobs import Group, group_logprobs
 
 

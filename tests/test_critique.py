@@ -8,7 +8,7 @@ import pytest
 
 from negalign.critique import (ERROR, OK, SKIPPED, CritiqueConfig, build_prompts, check_template, clean_reply,
                                critique_counts, load_preset, preset_names, read_critiques, render, run_critique)
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
 from negalign.generation.transformers_backend import TransformersGenerator
 

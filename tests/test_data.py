@@ -11,7 +11,7 @@ from negalign.data.loaders import ColumnMapping, load_examples, save_examples, v
 from negalign.data.presets import parse_hh_transcript, RowProblem
 from negalign.data.records import Example, normalize_prompt, prompt_key
 from negalign.data.split import split_by_prompt
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 BAD = Path(__file__).parent / "data" / "bad"
 EXPECTED = json.loads((BAD / "EXPECTED.json").read_text(encoding="utf-8"))

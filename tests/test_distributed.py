@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from negalign import distributed, pipeline
+from negalign import pipeline
+from negalign.base import distributed
 from negalign.config import load_config
 from negalign.stages.train import local_share
 from launch_helpers import free_port, launch_env, write_run_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from negalign.data import eval_sets
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 
 def _check(rows, n):

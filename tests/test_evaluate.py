@@ -212,7 +212,7 @@ def test_evaluate_against_another_model_and_with_a_judge(tiny_model_dir, tmp_pat
 
 
 def test_evaluate_rejects_bad_counts(tmp_path):
-    from negalign.errors import UserError
+    from negalign.base.errors import UserError
 
     with pytest.raises(UserError, match="n_harmful"):
         ev.evaluate_model("default", out_dir=tmp_path, n_harmful=0)

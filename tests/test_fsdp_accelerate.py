@@ -22,9 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from negalign import distributed, pipeline
+from negalign import pipeline
+from negalign.base import distributed
 from negalign.config import load_config
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.models import load_model
 from negalign.stages.reference import run_reference
 from negalign.stages.sample import run_sample

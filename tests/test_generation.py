@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from negalign.data.chat import encode_prompt
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
 from negalign.generation.factory import make_generator, parse_spec
 from negalign.generation.openai_backend import OpenAIChatGenerator

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.logprobs import (Group, block_attention_mask, chunked_label_logprobs, group_logprobs,
                                logits_transform)
 

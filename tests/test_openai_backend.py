@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
 from negalign.generation.openai_backend import OpenAIChatGenerator, RateLimiter, backoff_seconds
 

@@ -12,7 +12,7 @@ from negalign import pipeline
 from negalign.config import config_from_dict, load_config
 from negalign.data.loaders import save_examples
 from negalign.data.records import Example
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.models import load_model
 from negalign.stages.train import TrainData, list_checkpoints, run_train
 

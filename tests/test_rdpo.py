@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.cli_flags import set_overrides
 from negalign.rdpo import (load_rdpo_config, make_pairs, pair_train_data, rdpo_keys, rdpo_settings_from_dict,
                            run_rdpo, score_rows, scorer_spec, settings_from_args, split_scorable, variant_labels)

@@ -18,8 +18,8 @@ from negalign import pipeline
 from negalign.config import load_config
 from negalign.data.chat import encode_prompt, encode_response
 from negalign.data.records import Example, normalize_prompt
-from negalign.errors import UserError
-from negalign.io import atomic_path, check_writable_dir, JsonlAppender, write_text
+from negalign.base.errors import UserError
+from negalign.base.io import atomic_path, check_writable_dir, JsonlAppender, write_text
 
 FAKE_KEY = "sk-negalign-test-4f9c2e1b7a6d5c3e8f0a"
 
@@ -289,7 +289,7 @@ def test_cli_run_dir_under_a_file_one_line(tmp_path):
 def _fail_open_with(monkeypatch, code: int, target: str):
     import builtins
 
-    import negalign.io as io_mod
+    import negalign.base.io as io_mod
 
     real = builtins.open
 

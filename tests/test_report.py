@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from negalign import report as rp
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.stats import bootstrap_mean
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.scoring import make_scorer
 from negalign.scoring.harm_classifier import HarmClassifier, exclusion_fingerprint, labelled_pairs
 from negalign.scoring.judge import LLMJudge, parse_rating, parse_verdict

@@ -129,13 +129,13 @@ def share_anchors(work: Path, run_dir: Path, k: int, sample_seed: int) -> None:
     if run_dir == src or (run_dir / "anchors.jsonl").exists() or not (src / "train" / "done.json").exists():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    from negalign.io import write_json, write_jsonl
+    from negalign.base.io import write_json, write_jsonl
     from negalign.stages.sample import read_anchors
 
     meta = json.loads((src / "anchors.meta.json").read_text())
     anchors = read_anchors(src)
     if k != meta["settings"]["k"]:
-        from negalign.data.records import fingerprint
+        from negalign.base.fingerprint import fingerprint
 
         settings = dict(meta["settings"], k=k)
         meta = {"fingerprint": fingerprint(settings), "settings": settings, "derived_from_k": meta["settings"]["k"],
@@ -168,7 +168,7 @@ def train_one(work: Path, name: str, overrides: dict, log) -> float:
 
 
 def _merge_json(path: Path, extra: dict) -> None:
-    from negalign.io import write_json
+    from negalign.base.io import write_json
 
     old = json.loads(path.read_text()) if path.exists() else {}
     write_json(path, {**old, **extra})
@@ -181,7 +181,7 @@ def seed_reference_replies(work: Path, out_dir: Path) -> None:
     if not src.exists() or dst.exists():
         return
     from negalign.evaluate import _gen_fp
-    from negalign.io import read_jsonl_tolerant, write_jsonl
+    from negalign.base.io import read_jsonl_tolerant, write_jsonl
 
     fp = _gen_fp("default", "model", EVAL["max_new_tokens"], 0.0, 0)
     rows = [r for r in read_jsonl_tolerant(src) if r["fp"] == fp and r["set"] == "benign"]
@@ -210,7 +210,7 @@ def eval_one(work: Path, name: str, log) -> float:
 
 def train_stats(run_dir: Path) -> dict:
     """Stability from train/metrics.jsonl: final/min loss, max grad norm, anchor/negative log-ratios."""
-    from negalign.io import read_jsonl_tolerant
+    from negalign.base.io import read_jsonl_tolerant
 
     rows = read_jsonl_tolerant(run_dir / "train" / "metrics.jsonl")
     if not rows:
@@ -318,7 +318,7 @@ def _plt():
 
 def plot_curves(work: Path, names: list[str], path: Path, title: str) -> None:
     """Per step: loss minus its first value, grad norm, anchor and negative log-ratios; one colour per run."""
-    from negalign.io import read_jsonl_tolerant
+    from negalign.base.io import read_jsonl_tolerant
 
     plt = _plt()
     panels = [("loss", "loss - loss at step 1", True), ("grad_norm", "grad norm (log)", False),
@@ -427,7 +427,7 @@ def main(argv=None) -> int:
     present = [p.name for p in sorted(work.iterdir()) if p.is_dir() and p.name != "report"]
     all_names = [n for n in order if n in present] + [n for n in present if n not in order]
     results = summarize(work, all_names)
-    from negalign.io import write_json, write_text
+    from negalign.base.io import write_json, write_text
     from negalign.report import build_report
 
     runs = [work / n for n in results]

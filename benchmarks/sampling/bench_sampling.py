@@ -25,7 +25,7 @@ import torch
 from negalign.data.chat import encode_prompt
 from negalign.generation.base import GenerationConfig
 from negalign.generation.transformers_backend import TransformersGenerator
-from negalign.io import write_json
+from negalign.base.io import write_json
 from negalign.models import load_model
 
 

@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from negalign.data.pyrit import PYRIT_VERSION, pyrit_labelled_rows
-from negalign.io import write_json, write_text
+from negalign.base.io import write_json, write_text
 from negalign.scoring.harm_classifier import HarmClassifier, _load_embedder, labelled_pairs
 from negalign.scoring.judge import LLMJudge
 from negalign.scoring.refusal import RefusalDetector

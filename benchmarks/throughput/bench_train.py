@@ -359,7 +359,7 @@ def main() -> None:
               "wall_s": round(time.perf_counter() - started, 1)}
     print(markdown(result))
     if args.out:
-        from negalign.io import write_json
+        from negalign.base.io import write_json
         write_json(args.out, result)
 
 

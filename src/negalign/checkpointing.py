@@ -14,7 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from negalign import segment_attention
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 
 def _run_layer(forward, config, *args, **kwargs):

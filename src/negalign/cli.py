@@ -11,7 +11,7 @@ import sys
 
 from negalign.cli_flags import add_config_flags, config_keys, flag_overrides, unknown_arguments_error
 from negalign.config import Config, load_config
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 CONFIG_KEYS = config_keys(Config)
 SHORTCUTS = {  # short flags for the keys people change most

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 NULL_WORDS = ("null", "none", "~")
 KNOWN_FLAGS_DEST = "_known_flags"  # option strings of a command, for "did you mean" suggestions

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 GUIDANCE_PROMPT = (
     "You are a helpful, honest and harmless assistant. If a request could cause harm, "
@@ -301,7 +301,7 @@ def apply_overrides(values: dict, overrides: dict[str, Any]) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from negalign.io import write_text
+    from negalign.base.io import write_text
 
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
 

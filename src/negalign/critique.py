@@ -28,10 +28,11 @@ from typing import Any
 
 import yaml
 
-from negalign.data.records import Messages, fingerprint, prompt_key
-from negalign.errors import UserError
+from negalign.data.records import Messages, prompt_key
+from negalign.base.fingerprint import fingerprint
+from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
-from negalign.io import JsonlAppender, read_jsonl_tolerant, write_json
+from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 CRITIQUE_FILE = "critique.jsonl"

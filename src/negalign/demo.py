@@ -42,7 +42,7 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     log("evaluate: held-out prompts, before (reference) and after (trained)")
     table = before_after(cfg, Path(run_dir) / "model", log=log)
     text = format_table(table)
-    from negalign.io import write_json, write_text
+    from negalign.base.io import write_json, write_text
 
     write_text(Path(run_dir) / "demo_table.md", text + "\n")
     write_json(Path(run_dir) / "demo_table.json", table)

@@ -59,9 +59,10 @@ from typing import Any
 
 import numpy as np
 
-from negalign.data.records import Messages, fingerprint, normalize_prompt
-from negalign.errors import UserError
-from negalign.io import JsonlAppender, read_jsonl_tolerant, write_json
+from negalign.data.records import Messages, normalize_prompt
+from negalign.base.fingerprint import fingerprint
+from negalign.base.errors import UserError
+from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json
 from negalign.stats import bootstrap_mean, bootstrap_ratio
 
 EVAL_FILE = "eval.json"

@@ -24,7 +24,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from negalign import segment_attention
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 METHODS = ("grouped", "grouped_mask", "naive")
 _MASKABLE_ATTENTION = ("sdpa", "eager")  # implementations that honour a custom 4D mask as given

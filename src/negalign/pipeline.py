@@ -10,12 +10,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from negalign import distributed
+from negalign.base import distributed
 from negalign.config import Config, save_config
-from negalign.data.records import Example, fingerprint
-from negalign.errors import UserError
+from negalign.data.records import Example
+from negalign.base.fingerprint import fingerprint
+from negalign.base.errors import UserError
 from negalign.groups import GroupIndex, Tokenizer, build_groups, group_index
-from negalign.io import check_writable_dir, read_jsonl_tolerant, write_json, write_jsonl
+from negalign.base.io import check_writable_dir, read_jsonl_tolerant, write_json, write_jsonl
 from negalign.models import LoraSpec, load_model, load_tokenizer
 from negalign.objectives import get_objective
 

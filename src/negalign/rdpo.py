@@ -28,9 +28,10 @@ from negalign import config as config_module
 from negalign.config import Config, config_from_dict
 from negalign.critique import (OK, CritiqueConfig, build_prompts, critique_counts, make_teacher, preset_for,
                                read_critiques, run_critique)
-from negalign.data.records import Example, fingerprint
-from negalign.errors import UserError
-from negalign.io import check_writable_dir, read_jsonl_tolerant, write_json, write_jsonl, write_text
+from negalign.data.records import Example
+from negalign.base.fingerprint import fingerprint
+from negalign.base.errors import UserError
+from negalign.base.io import check_writable_dir, read_jsonl_tolerant, write_json, write_jsonl, write_text
 
 PAIRS_FILE = "pairs.jsonl"
 DROPPED_FILE = "pairs.dropped.jsonl"

@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from negalign.errors import UserError
-from negalign.io import read_jsonl_tolerant, write_text
+from negalign.base.errors import UserError
+from negalign.base.io import read_jsonl_tolerant, write_text
 
 SAFETY = [("harmful_compliance_rate", "harmful compliance", "pct"), ("harm_score_mean", "harm score", "f3"),
           ("refusal_rate", "refusal", "pct"), ("overrefusal_rate", "over-refusal", "pct")]

@@ -17,7 +17,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 # module name -> PyPI requirement that ships it
 _PACKAGES = {

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from negalign.data.presets import PRESETS, RowProblem, RowRecord, check_prompt, check_response
 from negalign.data.records import Example, prompt_key
-from negalign.errors import UserError
-from negalign.io import write_jsonl
+from negalign.base.errors import UserError
+from negalign.base.io import write_jsonl
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf-disk", "hub")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",

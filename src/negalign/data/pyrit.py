@@ -28,7 +28,7 @@ from pathlib import Path
 
 from negalign.data.records import Example, normalize_prompt, prompt_key
 from negalign.data.split import split_by_prompt
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 PYRIT_VERSION = "1.1.0"
 _GLOBS = {"harm": "harm/*.csv", "objective": "objective/*.csv", "refusal": "refusal_scorer/refusal*.csv"}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from negalign.base.fingerprint import fingerprint
 
 Messages = list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
@@ -50,11 +50,4 @@ def normalize_prompt(prompt: str | Messages) -> Messages:
 
 def prompt_key(prompt: Messages) -> str:
     """Stable id of a prompt (the same conversation gives the same key on every machine)."""
-    blob = json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def fingerprint(obj: Any) -> str:
-    """Content hash of any JSON-serialisable object (data sets, configs)."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return fingerprint(prompt)

@@ -6,7 +6,7 @@ import hashlib
 from typing import Sequence
 
 from negalign.data.records import Example, prompt_key
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 
 def _rank(seed: int, key: str) -> str:

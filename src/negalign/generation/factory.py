@@ -7,7 +7,7 @@ http(s) URL, which talks to that server with model name "default").
 
 from __future__ import annotations
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.generation.base import ChatGenerator
 
 BACKENDS = ("transformers", "vllm", "openai", "auto")

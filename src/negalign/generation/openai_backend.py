@@ -19,7 +19,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from negalign.data.records import Messages
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
 from negalign.generation.transformers_backend import check_config
 

@@ -17,7 +17,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from negalign.data.records import ROLES
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.generation.base import ChatGenerator, GenerationConfig
 
 log = logging.getLogger("negalign.generation.server")

@@ -22,7 +22,7 @@ import torch
 
 from negalign.data.chat import encode_prompt, end_of_turn_id
 from negalign.data.records import Messages
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 from negalign.scoring.harm_classifier import HarmClassifier
 from negalign.scoring.judge import LLMJudge
 from negalign.scoring.refusal import RefusalDetector

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from negalign.data.records import Messages, normalize_prompt
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 
 def _plain_prompt(prompt: Messages) -> str:

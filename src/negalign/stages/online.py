@@ -17,7 +17,7 @@ import torch
 from negalign.config import Config
 from negalign.generation.base import GenerationConfig
 from negalign.groups import Tokenizer, build_groups
-from negalign.io import JsonlAppender
+from negalign.base.io import JsonlAppender
 from negalign.models import is_lora
 from negalign.stages.reference import score_groups, split_columns
 from negalign.stages.sample import guided

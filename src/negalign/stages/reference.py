@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from negalign import distributed
+from negalign.base import distributed
 from negalign.batching import group_token_count, pack_by_token_budget
 from negalign.config import Config
-from negalign.data.records import fingerprint
-from negalign.io import atomic_path
+from negalign.base.fingerprint import fingerprint
+from negalign.base.io import atomic_path
 from negalign.logprobs import Group, group_logprobs
 
 REFERENCE_FILE = "reference.safetensors"
@@ -122,7 +122,7 @@ def score_groups(model, groups: list[Group], *, batch_tokens: int, precision: st
 
 
 def _read_other_shards(partial_dir: Path, n_batches: int, logps: torch.Tensor, lengths: torch.Tensor) -> None:
-    """Fill in the batches other processes scored (multi-process hook; see negalign.distributed)."""
+    """Fill in the batches other processes scored (multi-process hook; see negalign.base.distributed)."""
     distributed.barrier()  # every batch file is on disk
     for b in range(n_batches):
         if not distributed.owns(b):

@@ -11,12 +11,13 @@ import json
 import time
 from pathlib import Path
 
-from negalign import distributed
+from negalign.base import distributed
 from negalign.config import Config
-from negalign.data.records import Example, fingerprint
-from negalign.errors import UserError
+from negalign.data.records import Example
+from negalign.base.fingerprint import fingerprint
+from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
-from negalign.io import JsonlAppender, read_jsonl_tolerant, write_json
+from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json
 
 ANCHORS_FILE = "anchors.jsonl"
 META_FILE = "anchors.meta.json"
@@ -99,7 +100,7 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
     return done
 
 
-# ---------------------------------------------------------------- multi-process hooks (negalign.distributed)
+# ---------------------------------------------------------------- multi-process hooks (negalign.base.distributed)
 
 def _read_anchors_and_shards(run_dir: Path) -> dict[str, list[str]]:
     """Anchors already drawn, in anchors.jsonl or in any rank's shard left by an interrupted run."""

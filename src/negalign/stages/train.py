@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from negalign.config import Config
-from negalign.data.records import fingerprint
-from negalign.errors import UserError
-from negalign.io import JsonlAppender, read_jsonl_tolerant, write_json, write_jsonl
+from negalign.base.fingerprint import fingerprint
+from negalign.base.errors import UserError
+from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json, write_jsonl
 from negalign.logprobs import Group, group_logprobs
 from negalign.models import is_lora, save_model
 from negalign.objectives import GroupLogps, compute_objective, get_objective

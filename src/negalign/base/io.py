@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from negalign.errors import UserError
+from negalign.base.errors import UserError
 
 
 # Errors about the disk, not the program: the user frees space or fixes permissions and reruns.

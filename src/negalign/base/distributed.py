@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from negalign.io import read_jsonl_tolerant, write_jsonl
+from negalign.base.io import read_jsonl_tolerant, write_jsonl
 
 
 @dataclass(frozen=True)
