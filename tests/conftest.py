@@ -18,7 +18,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from negalign.models import load_tokenizer
+    from negalign.modeling.loading import load_tokenizer
 
     return load_tokenizer("default")
 
@@ -26,7 +26,7 @@ def tokenizer():
 @pytest.fixture
 def tiny_model(tokenizer):
     """A 2-layer Llama with the default tokenizer's vocabulary (random weights, about 3 M params)."""
-    from negalign.models import tiny_llama
+    from tiny_models import tiny_llama
 
     return tiny_llama(tokenizer, seed=0)
 
@@ -34,7 +34,7 @@ def tiny_model(tokenizer):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer):
     """A saved tiny model folder (safetensors + tokenizer) that `load_model` accepts."""
-    from negalign.models import tiny_llama
+    from tiny_models import tiny_llama
 
     path = tmp_path_factory.mktemp("tiny_model")
     model = tiny_llama(tokenizer, seed=0)

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from negalign.batching import group_token_count, pack_by_token_budget, sort_by_length
-from negalign.logprobs import Group
+from negalign.modeling.batching import group_token_count, pack_by_token_budget, sort_by_length
+from negalign.modeling.logprobs import Group
 
 
 def test_group_token_count_counts_prompt_once():

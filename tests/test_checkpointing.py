@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from negalign import segment_attention
-from negalign.checkpointing import enable_activation_checkpointing
+from negalign.modeling import segment_attention
+from negalign.modeling.activation_checkpointing import enable_activation_checkpointing
 from negalign.base.errors import UserError
-from negalign.logprobs import Group, group_logprobs
+from negalign.modeling.logprobs import Group, group_logprobs
 
 
 def _groups(eos: int) -> list[Group]:
@@ -67,7 +67,7 @@ def test_inference_is_not_checkpointed_and_wrapping_twice_is_harmless(tiny_model
 
 
 def test_lora_model_layers_are_found(tiny_model, tokenizer):
-    from negalign.models import LoraSpec, apply_lora
+    from negalign.modeling.lora import LoraSpec, apply_lora
 
     model = apply_lora(tiny_model, LoraSpec(r=4, alpha=8))
     assert enable_activation_checkpointing(model) == tiny_model.config.num_hidden_layers

@@ -134,8 +134,8 @@ def test_two_processes_equal_one_process(run_config, tmp_path):
 FSDP2_PROBE = '''
 import sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
-from negalign.models import load_model
-from negalign.logprobs import Group, group_logprobs
+from negalign.modeling.loading import load_model
+from negalign.modeling.logprobs import Group, group_logprobs
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 groups = [Group([1, 2, 3], [[4, 5], [6, 7, 8]]), Group([9, 10], [[11], [12, 13, 14, 15]])]

@@ -99,7 +99,7 @@ def test_harmful_compliance_needs_both_no_refusal_and_harm():
 
 
 def test_token_kl_is_zero_for_the_same_model_and_positive_otherwise(tiny_model, tokenizer):
-    from negalign.models import tiny_llama
+    from tiny_models import tiny_llama
 
     prompts = [[{"role": "user", "content": "Say hi."}], [{"role": "user", "content": "A longer prompt here."}]]
     replies = ["Hello there", "Sure"]
@@ -191,7 +191,7 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
 
 
 def test_evaluate_against_another_model_and_with_a_judge(tiny_model_dir, tmp_path, small_classifier, tokenizer):
-    from negalign.models import tiny_llama
+    from tiny_models import tiny_llama
 
     other = tmp_path / "other"
     tiny_llama(tokenizer, seed=7).save_pretrained(other, safe_serialization=True)

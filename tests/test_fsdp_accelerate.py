@@ -26,7 +26,7 @@ from negalign import pipeline
 from negalign.base import distributed
 from negalign.config import load_config
 from negalign.base.errors import UserError
-from negalign.models import load_model
+from negalign.modeling.loading import load_model
 from negalign.stages.reference import run_reference
 from negalign.stages.sample import run_sample
 from launch_helpers import free_port, launch_env, toy_examples, write_run_config

@@ -14,7 +14,7 @@ import torch
 from negalign import pipeline
 from negalign.config import config_from_dict
 from negalign.metrics import response_logprobs
-from negalign.models import load_model
+from negalign.modeling.loading import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from negalign.base.errors import UserError
-from negalign.logprobs import (Group, block_attention_mask, chunked_label_logprobs, group_logprobs,
-                               logits_transform)
+from negalign.modeling.lm_head import chunked_label_logprobs, logits_transform
+from negalign.modeling.logprobs import Group, block_attention_mask, group_logprobs
 
 
 def _ids(gen, n, vocab=49152):
@@ -61,7 +61,7 @@ def test_grouped_equals_naive_values_and_gradients(tiny_model, tokenizer, method
 
 def test_sdpa_models_take_the_per_segment_attention(tiny_model, tokenizer, monkeypatch):
     """"grouped" runs attention per segment (every layer gets the layout), then restores the model's own."""
-    from negalign import segment_attention
+    from negalign.modeling import segment_attention
 
     calls = []
     real = segment_attention.segment_attention_forward
@@ -83,7 +83,7 @@ def test_sdpa_models_take_the_per_segment_attention(tiny_model, tokenizer, monke
 
 
 def test_a_model_that_drops_the_layout_is_caught(tiny_model, tokenizer, monkeypatch):
-    from negalign import segment_attention
+    from negalign.modeling import segment_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def ignores_layout(module, query, key, value, mask, negalign_layout=None, **kwargs):
@@ -96,7 +96,7 @@ def test_a_model_that_drops_the_layout_is_caught(tiny_model, tokenizer, monkeypa
 
 
 def test_segment_layout_covers_every_real_position_once():
-    from negalign.segment_attention import build_layout
+    from negalign.modeling.segment_attention import build_layout
 
     # Two rows of width 9. Row 0: prompt 3, responses at columns (3, 2) and (5, 4); row 1: prompt 5,
     # one response at (5, 1). Positions are flat: row * 9 + column.
@@ -145,7 +145,8 @@ def test_inference_mode_gives_same_values_without_graph(tiny_model, tokenizer):
 
 
 def test_lora_grouped_equals_naive_and_reference_is_base(tiny_model, tokenizer):
-    from negalign.models import LoraSpec, apply_lora, tiny_llama
+    from negalign.modeling.lora import LoraSpec, apply_lora
+    from tiny_models import tiny_llama
 
     model = apply_lora(tiny_model, LoraSpec(r=4, alpha=8))
     with torch.no_grad():  # a fresh adapter is the identity (B = 0); make it change the model

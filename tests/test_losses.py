@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from negalign import losses
+from negalign.objectives import losses
 
 
 def logsig(x: float) -> float:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from negalign import losses
+from negalign.objectives import losses
 from negalign.base.errors import UserError
-from negalign.objectives import DEFAULT_HP, OBJECTIVES, GroupLogps, compute_objective
+from negalign.objectives.registry import DEFAULT_HP, OBJECTIVES, GroupLogps, compute_objective
 
 PA = [[-10.0, -12.5, -9.0], [-20.0, -18.0, -25.0], [-5.0, -6.0, -7.0]]
 RA = [[-11.0, -12.0, -10.5], [-19.0, -18.5, -24.0], [-5.0, -6.0, -7.0]]
@@ -145,3 +145,10 @@ def test_group_shape_checks():
                    torch.zeros(2), None, torch.ones(2))
     with pytest.raises(ValueError, match="bool"):
         GroupLogps(torch.zeros(2, 3), None, torch.ones(2, 3), torch.ones(2, 3), torch.zeros(2), None, torch.ones(2))
+
+
+def test_light_method_names_match_the_registry():
+    """Config checks use the torch-free name list; it must be the registry's names, in its order."""
+    from negalign.objectives.names import METHODS
+
+    assert tuple(OBJECTIVES) == METHODS

@@ -13,7 +13,7 @@ from negalign.config import config_from_dict, load_config
 from negalign.data.loaders import save_examples
 from negalign.data.records import Example
 from negalign.base.errors import UserError
-from negalign.models import load_model
+from negalign.modeling.loading import load_model
 from negalign.stages.train import TrainData, list_checkpoints, run_train
 
 

@@ -146,13 +146,14 @@ def test_pair_train_data_layout(tokenizer, tiny_model, tmp_path):
     import contextlib
 
     from negalign.data.chat import encode_response
-    from negalign.objectives import compute_objective
+    from negalign.objectives.registry import compute_objective
     from negalign.stages.train import batch_logps
 
     s = rdpo_settings_from_dict({"run_dir": str(tmp_path), "train": {"precision": "fp32"}})
     from negalign.groups import Tokenizer, build_groups, group_index
     from negalign.rdpo import pair_examples
-    from negalign.stages.reference import ReferenceScores, score_groups
+    from negalign.modeling.inference import score_groups
+    from negalign.stages.reference import ReferenceScores
 
     pairs = [{"id": "a", "prompt": [{"role": "user", "content": "hi"}], "chosen": "good", "rejected": "bad",
               "label": 0.8}]

@@ -152,7 +152,7 @@ def _model_folder_with_pickle(src: Path, dst: Path, keep_safetensors: bool) -> P
 
 
 def test_pickle_only_model_is_refused_and_never_unpickled(tiny_model_dir, tmp_path):
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
 
     folder = _model_folder_with_pickle(tiny_model_dir, tmp_path / "m", keep_safetensors=False)
     with pytest.raises(UserError, match="no .safetensors weights .*pickle checkpoints are refused"):
@@ -161,7 +161,7 @@ def test_pickle_only_model_is_refused_and_never_unpickled(tiny_model_dir, tmp_pa
 
 
 def test_safetensors_win_over_a_pickle_beside_them(tiny_model_dir, tmp_path):
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
 
     folder = _model_folder_with_pickle(tiny_model_dir, tmp_path / "m", keep_safetensors=True)
     model, _ = load_model(str(folder))

@@ -42,7 +42,7 @@ def settings_for(out: Path, variant: str, a) -> "RdpoSettings":  # noqa: F821
 
 def evaluate(model_dir: str, harmful, wrapped, benign, benign_answers, classifier, a) -> dict:
     from negalign.metrics import greedy_replies, perplexity, rate, response_logprobs
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
     from negalign.scoring import RefusalDetector
 
     model, tok = load_model(model_dir)
@@ -76,7 +76,7 @@ def main() -> None:
     from negalign.data.eval_sets import ifbench_prompts, strongreject_prompts
     from negalign.data.records import normalize_prompt
     from negalign.metrics import greedy_replies
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
     from negalign.rdpo import make_pairs, stage_critique, stage_pairs, stage_train
     from negalign.scoring.harm_classifier import HarmClassifier
 

@@ -26,7 +26,7 @@ from negalign.data.chat import encode_prompt
 from negalign.generation.base import GenerationConfig
 from negalign.generation.transformers_backend import TransformersGenerator
 from negalign.base.io import write_json
-from negalign.models import load_model
+from negalign.modeling.loading import load_model
 
 
 def harmful_prompts(count: int) -> list[list[dict]]:

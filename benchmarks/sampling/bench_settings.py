@@ -18,7 +18,7 @@ import time
 import torch
 
 from negalign.data.chat import encode_prompt
-from negalign.models import load_model
+from negalign.modeling.loading import load_model
 
 from bench_sampling import harmful_prompts
 

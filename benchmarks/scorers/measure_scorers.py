@@ -128,7 +128,7 @@ def measure_harm_classifier(rows: list[dict], folds: int = 5) -> dict:
 def measure_judge(rows: list[dict], n_rows: int, seed: int = 0, max_new_tokens: int = 8,
                   max_chars: int = 600) -> dict:
     from negalign.generation.transformers_backend import TransformersGenerator
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
 
     pairs = labelled_pairs(rows)
     rng = random.Random(seed)

@@ -6,7 +6,7 @@ Shapes of SmolLM2-135M (hidden 576, vocab 49152), random weights, bf16 autocast 
 weights as in training; `--positions` response positions (a K = 4 group has about 550). Variants:
 - checkpoint: the head before issue 5 (autograd through the fp32 log-softmax, recomputed in backward)
 - plain: the same without the recompute
-- fused: negalign.logprobs.chunked_label_logprobs, all positions in one chunk (logits kept)
+- fused: negalign.modeling.lm_head.chunked_label_logprobs, all positions in one chunk (logits kept)
 - fused-recompute: the same cut into two chunks (each recomputed in backward)
 Variants run interleaved, `--reps` times each; min and median seconds are printed.
 """
@@ -21,7 +21,7 @@ import time
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from negalign.logprobs import _chunk_label_logprobs, chunked_label_logprobs
+from negalign.modeling.lm_head import chunked_label_logprobs, label_logprobs
 
 
 def main() -> None:
@@ -37,8 +37,8 @@ def main() -> None:
     labels = torch.randint(0, args.vocab, (args.positions,))
     half = (args.positions + 1) // 2
     variants = {
-        "checkpoint": lambda: checkpoint(_chunk_label_logprobs, hidden, labels, head, None, use_reentrant=False),
-        "plain": lambda: _chunk_label_logprobs(hidden, labels, head, None),
+        "checkpoint": lambda: checkpoint(label_logprobs, hidden, labels, head, None, use_reentrant=False),
+        "plain": lambda: label_logprobs(hidden, labels, head, None),
         "fused": lambda: chunked_label_logprobs(hidden, labels, head, chunk_tokens=args.positions),
         "fused-recompute": lambda: chunked_label_logprobs(hidden, labels, head, chunk_tokens=half),
     }

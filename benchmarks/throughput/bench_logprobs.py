@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 def make_groups(n_groups: int, anchors: int, vocab: int, eos: int, seed: int):
     import torch
 
-    from negalign.logprobs import Group
+    from negalign.modeling.logprobs import Group
 
     gen = torch.Generator().manual_seed(seed)
 
@@ -45,7 +45,7 @@ def make_groups(n_groups: int, anchors: int, vocab: int, eos: int, seed: int):
 def _load(args):
     import torch
 
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
 
     torch.manual_seed(0)
     if args.random_init:
@@ -65,7 +65,7 @@ def _load(args):
 def _step(model, groups, method, precision, device):
     import torch
 
-    from negalign.logprobs import group_logprobs
+    from negalign.modeling.logprobs import group_logprobs
 
     model.zero_grad(set_to_none=True)
     weights = torch.randn(len(groups), max(len(g.response_ids) for g in groups), device=device)

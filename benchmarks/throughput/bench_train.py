@@ -69,7 +69,7 @@ def make_text_groups(tok, n_groups: int, anchors: int, seed: int) -> list[dict]:
 
 
 def token_groups(tok, text_groups):
-    from negalign.logprobs import Group
+    from negalign.modeling.logprobs import Group
 
     def enc(s):
         return tok(s, add_special_tokens=False)["input_ids"]
@@ -107,10 +107,10 @@ def child_negalign(args) -> dict:
 
     import torch
 
-    from negalign.logprobs import group_logprobs
+    from negalign.modeling.logprobs import group_logprobs
     from negalign.stages.reference import ReferenceScores, split_columns
     from negalign.stages.train import TrainData, batch_logps, fused_adamw_applies
-    from negalign.objectives import compute_objective
+    from negalign.objectives.registry import compute_objective
 
     model, tok = _load(args.folder, args.device)
     n_steps = args.warmup + args.steps
@@ -133,7 +133,7 @@ def child_negalign(args) -> dict:
     _sync(args.device)
     ref_s = time.perf_counter() - t0
     if args.system == "negalign-ac":
-        from negalign.checkpointing import enable_activation_checkpointing
+        from negalign.modeling.activation_checkpointing import enable_activation_checkpointing
 
         enable_activation_checkpointing(model)
     model.train()
@@ -316,7 +316,7 @@ def main() -> None:
 
     import torch
 
-    from negalign.models import resolve_model_path
+    from negalign.modeling.loading import resolve_model_path
 
     started = time.perf_counter()
     args.folder = random_init_folder(args.random_init) if args.random_init else resolve_model_path(args.model)

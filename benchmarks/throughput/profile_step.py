@@ -29,7 +29,7 @@ def main() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from negalign.logprobs import group_logprobs
+    from negalign.modeling.logprobs import group_logprobs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--random-init", required=True)

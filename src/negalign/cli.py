@@ -129,7 +129,7 @@ def _serve(args) -> int:
 
     from negalign.generation.server import serve
     from negalign.generation.transformers_backend import TransformersGenerator
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
 
     model, tok = load_model(args.model)
     token = os.environ.get(args.api_key_env) if args.api_key_env else None

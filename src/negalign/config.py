@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from negalign.base.errors import UserError
+from negalign.modeling.lora import LoraSpec
+from negalign.objectives.names import METHODS, unknown_method_message
 
 GUIDANCE_PROMPT = (
     "You are a helpful, honest and harmless assistant. If a request could cause harm, "
@@ -24,21 +26,11 @@ GUIDANCE_PROMPT = (
 
 
 @dataclass
-class LoraConfig:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-
-
-@dataclass
 class ModelConfig:
     name: str = "default"             # 'default' (bundled SmolLM2-135M-Instruct), a folder, a .gguf, or a hub id
     trust_remote_code: bool = False
     allow_pickle: bool = False        # refuse .bin/.pt checkpoints unless asked
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraSpec = field(default_factory=LoraSpec)
 
 
 @dataclass
@@ -89,7 +81,7 @@ class OnlineConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = "d2o"               # see negalign.objectives.OBJECTIVES
+    method: str = "d2o"               # see negalign.objectives.names.METHODS
     beta: float = 0.1
     alpha: float = 0.1
     delta: float = 0.0                # SimNPO margin
@@ -155,7 +147,7 @@ def _convert(value: Any, tp: Any, key: str, where: str | None) -> Any:
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
             raise UserError(f"expected a mapping, got {type(value).__name__}", path=where, field=key)
-        return _build(tp, value, key, where)
+        return build_section(tp, value, key, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -194,7 +186,8 @@ def _convert(value: Any, tp: Any, key: str, where: str | None) -> Any:
     return value
 
 
-def _build(cls, values: dict, prefix: str, where: str | None):
+def build_section(cls, values: dict, prefix: str, where: str | None):
+    """A config dataclass from a mapping: unknown keys and wrong types are errors naming `prefix.key`."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -207,7 +200,7 @@ def _build(cls, values: dict, prefix: str, where: str | None):
 
 
 def config_from_dict(values: dict, where: str | None = None) -> Config:
-    cfg = _build(Config, values or {}, "", where)
+    cfg = build_section(Config, values or {}, "", where)
     check_values(cfg, where)
     return cfg
 
@@ -256,10 +249,8 @@ def check_values(cfg: Config, where: str | None = None) -> None:
         bad("sample.top_p", f"must be in (0, 1], got {cfg.sample.top_p}")
     if cfg.sample.temperature < 0:
         bad("sample.temperature", f"must be 0 or more, got {cfg.sample.temperature}")
-    from negalign.objectives import OBJECTIVES  # torch; after the cheap checks
-
-    if cfg.train.method not in OBJECTIVES:
-        bad("train.method", f"unknown method {cfg.train.method!r}; choose from {', '.join(OBJECTIVES)}")
+    if cfg.train.method not in METHODS:
+        bad("train.method", unknown_method_message(cfg.train.method))
 
 
 def read_yaml_mapping(path: str | Path) -> dict:
@@ -304,16 +295,3 @@ def save_config(cfg: Config, path: str | Path) -> None:
     from negalign.base.io import write_text
 
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
-
-
-def flag_names(cls=Config, prefix: str = "") -> list[str]:
-    """Every dotted key of the config: each is also a CLI flag (`--train.lr`)."""
-    names = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if _is_dataclass_type(hints[f.name]):
-            names.extend(flag_names(hints[f.name], key))
-        else:
-            names.append(key)
-    return names

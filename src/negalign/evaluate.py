@@ -249,7 +249,7 @@ def _harm_classifier(spec, exclude_texts: set[str], exclude_train: bool, heldout
 def model_identity(spec: str) -> list:
     """The spec plus name, size and mtime of its weight files, so replies cached for a model
     are not reused after its folder is overwritten by another training run."""
-    from negalign.models import resolve_model_path
+    from negalign.modeling.loading import resolve_model_path
 
     path = Path(resolve_model_path(spec)).expanduser()
     files = [path] if path.is_file() else sorted(
@@ -278,7 +278,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     from negalign.generation.base import GenerationConfig
     from negalign.generation.transformers_backend import TransformersGenerator
     from negalign.metrics import response_logprobs
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
     from negalign.scoring import LLMJudge, RefusalDetector, make_generator
 
     for name, v in (("n_harmful", n_harmful), ("n_benign", n_benign), ("n_overrefusal", n_overrefusal),

@@ -19,7 +19,7 @@ def _held_out(cfg: Config):
 def before_after(cfg: Config, trained_dir: str | Path, *, log=print) -> dict:
     from negalign.data.eval_sets import ifbench_prompts
     from negalign.data.records import normalize_prompt
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
     from negalign.scoring.refusal import RefusalDetector
 
     e = cfg.evaluate

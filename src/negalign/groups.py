@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from negalign.data.chat import encode_prompt, encode_response
 from negalign.data.records import Example
-from negalign.logprobs import Group
+from negalign.modeling.logprobs import Group
 
 
 @dataclass

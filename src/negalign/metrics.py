@@ -12,8 +12,8 @@ import torch
 from negalign.data.chat import encode_prompt, encode_response
 from negalign.data.records import Messages
 from negalign.generation.base import GenerationConfig
-from negalign.logprobs import Group
-from negalign.stages.reference import score_groups
+from negalign.modeling.logprobs import Group
+from negalign.modeling.inference import score_groups
 
 
 def response_logprobs(model, tokenizer, prompts: list[Messages], responses: list[str], *,

@@ -17,8 +17,8 @@ from negalign.base.fingerprint import fingerprint
 from negalign.base.errors import UserError
 from negalign.groups import GroupIndex, Tokenizer, build_groups, group_index
 from negalign.base.io import check_writable_dir, read_jsonl_tolerant, write_json, write_jsonl
-from negalign.models import LoraSpec, load_model, load_tokenizer
-from negalign.objectives import get_objective
+from negalign.modeling.loading import LoraSpec, load_model, load_tokenizer
+from negalign.objectives.registry import get_objective
 
 EXAMPLES_FILE = "data/examples.jsonl"
 

@@ -76,8 +76,8 @@ def rdpo_settings_from_dict(values: dict, where: str | None = None) -> RdpoSetti
         if not isinstance(section, dict):
             raise UserError("expected a mapping", path=where, field=name)
     cfg = config_from_dict(values, where)
-    settings = RdpoSettings(cfg, config_module._build(CritiqueConfig, crit, "critique", where),
-                            config_module._build(RdpoConfig, rd, "rdpo", where), where)
+    settings = RdpoSettings(cfg, config_module.build_section(CritiqueConfig, crit, "critique", where),
+                            config_module.build_section(RdpoConfig, rd, "rdpo", where), where)
     check_settings(settings)
     return settings
 
@@ -192,7 +192,7 @@ def make_pairs(rows: list[dict], scores_original: list[float], scores_revision: 
     """
     import torch
 
-    from negalign.losses import soft_label
+    from negalign.objectives.losses import soft_label
 
     stats = PairStats(prompts=len(rows))
     kept, dropped = [], []
@@ -268,7 +268,7 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
     (and cached in the run directory) for the methods that need one.
     """
     from negalign.groups import Tokenizer, build_groups, group_index
-    from negalign.objectives import get_objective
+    from negalign.objectives.registry import get_objective
     from negalign.stages.reference import run_reference
     from negalign.stages.train import TrainData
 
@@ -366,7 +366,7 @@ def stage_train(settings: RdpoSettings, pairs: list[dict], *, reference=None, re
                 log=print):
     """Train the configured variant on `pairs`; returns (model folder, reference scores or None)."""
     from negalign.pipeline import _device, _lora_spec
-    from negalign.models import load_model
+    from negalign.modeling.loading import load_model
     from negalign.stages.train import run_train
 
     cfg, r = settings.cfg, settings.rdpo

@@ -75,7 +75,7 @@ def make_generator(spec: str | dict, *, model=None, tokenizer=None, where: str |
 
 def _transformers(spec: dict, model, tokenizer):
     from negalign.generation.transformers_backend import TransformersGenerator
-    from negalign.models import load_model, load_tokenizer
+    from negalign.modeling.loading import load_model, load_tokenizer
 
     name = spec.pop("model", "default")
     if model is None:

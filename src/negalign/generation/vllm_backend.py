@@ -44,7 +44,7 @@ class VLLMGenerator:
                             field="backend")
         from vllm import LLM
 
-        from negalign.models import load_tokenizer, resolve_model_path
+        from negalign.modeling.loading import load_tokenizer, resolve_model_path
 
         self.model_path = resolve_model_path(model_path)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_path)

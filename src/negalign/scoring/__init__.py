@@ -49,7 +49,7 @@ def make_generator(spec: Any):
         return OpenAIChatGenerator(spec["base_url"], spec["model"], **extra)
     if isinstance(spec, str) and spec:
         from negalign.generation.transformers_backend import TransformersGenerator
-        from negalign.models import load_model
+        from negalign.modeling.loading import load_model
 
         model, tok = load_model(spec)
         return TransformersGenerator(model, tok)

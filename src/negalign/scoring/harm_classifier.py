@@ -185,7 +185,7 @@ class HarmClassifier:
     def default(cls, exclude_prompts: Iterable[str | Messages] = ()) -> "HarmClassifier":
         """Trained on all pyrit harm labels except `exclude_prompts`; cached per exclusion set."""
         from negalign.data.pyrit import PYRIT_VERSION, pyrit_labelled_rows
-        from negalign.models import cache_dir
+        from negalign.modeling.loading import cache_dir
 
         exclude_prompts = list(exclude_prompts)
         key = fingerprint([FORMAT_VERSION, PYRIT_VERSION, "pair", 1.0, exclusion_fingerprint(exclude_prompts)])

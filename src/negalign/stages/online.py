@@ -18,8 +18,9 @@ from negalign.config import Config
 from negalign.generation.base import GenerationConfig
 from negalign.groups import Tokenizer, build_groups
 from negalign.base.io import JsonlAppender
-from negalign.models import is_lora
-from negalign.stages.reference import score_groups, split_columns
+from negalign.modeling.lora import is_lora
+from negalign.modeling.inference import score_groups
+from negalign.stages.reference import split_columns
 from negalign.stages.sample import guided
 from negalign.stages.train import step_indices, total_steps
 

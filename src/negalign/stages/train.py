@@ -27,9 +27,10 @@ from negalign.config import Config
 from negalign.base.fingerprint import fingerprint
 from negalign.base.errors import UserError
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json, write_jsonl
-from negalign.logprobs import Group, group_logprobs
-from negalign.models import is_lora, save_model
-from negalign.objectives import GroupLogps, compute_objective, get_objective
+from negalign.modeling.logprobs import Group, group_logprobs
+from negalign.modeling.loading import save_model
+from negalign.modeling.lora import is_lora
+from negalign.objectives.registry import GroupLogps, compute_objective, get_objective
 from negalign.stages.reference import ReferenceScores
 
 METRICS_FILE = "train/metrics.jsonl"
@@ -271,7 +272,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     steps = total_steps(n, cfg)
     warmup = int(round(t.warmup_ratio * steps))
     if t.activation_checkpointing:
-        from negalign.checkpointing import enable_activation_checkpointing
+        from negalign.modeling.activation_checkpointing import enable_activation_checkpointing
 
         enable_activation_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,7 +3,7 @@
 Each decoder layer keeps only its input during the forward and recomputes its activations in the
 backward: activation memory drops from every layer's intermediates to one layer's, for about one
 extra forward of compute. Transformers' own `gradient_checkpointing_enable` recomputes outside
-negalign's forward, where the per-segment attention is no longer selected (negalign.logprobs then
+negalign's forward, where the per-segment attention is no longer selected (negalign.modeling.logprobs then
 falls back to the slower block mask); this wrapper re-selects it inside the recompute, because
 the layout travels in the layer's keyword arguments, which the checkpoint stores and replays.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from negalign import segment_attention
+from negalign.modeling import segment_attention
 from negalign.base.errors import UserError
 
 

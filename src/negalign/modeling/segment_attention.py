@@ -1,6 +1,6 @@
 """Attention over packed group rows, computed per segment instead of over the whole row.
 
-A packed row is [prompt, resp_1, ..., resp_R] (negalign.logprobs). With a block mask, sdpa still
+A packed row is [prompt, resp_1, ..., resp_R] (negalign.modeling.logprobs). With a block mask, sdpa still
 scores every (query, key) pair of the row, so its work grows with the square of the row length:
 about (P + R n)^2 for R responses of n tokens. Here the prompt attends to itself (causal) and every
 response to [its prompt, itself] (causal), all responses of the batch in one sdpa call: R n (P + n)
@@ -8,7 +8,7 @@ pairs. At K = 8 anchors (R = 9) that is several times less attention work, with 
 as the block mask up to float rounding (tests/test_logprobs.py checks both against the naive forward).
 
 Because groups are kept apart by the gather indices, not by a mask, a whole micro-batch of groups
-can be packed end to end into ONE row with no padding (negalign.logprobs does so).
+can be packed end to end into ONE row with no padding (negalign.modeling.logprobs does so).
 
 It plugs into transformers as a registered attention function. `segment_attention(config)` selects
 it for the duration of one forward, and the layout travels to every layer as the `negalign_layout`

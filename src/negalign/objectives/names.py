@@ -1,0 +1,14 @@
+"""The training methods by name, without importing torch: config checks run before any heavy import.
+
+The registry (negalign.objectives.registry) defines one objective per name here, in this order.
+"""
+
+from __future__ import annotations
+
+METHODS = ("d2o", "d2o_no_anchors", "npo", "simnpo", "ga", "dpo_instance", "ipo_instance", "sft_anchors",
+           "kto_negatives", "dpo_pairs", "ipo_pairs")
+
+
+def unknown_method_message(name: str) -> str:
+    """The one wording for a method name that is not in METHODS."""
+    return f"unknown method {name!r}; choose from {', '.join(METHODS)}"
