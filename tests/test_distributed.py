@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from negalign import pipeline
+from negalign.recipes import d2o
 from negalign.base import distributed
 from negalign.config import load_config
-from negalign.stages.train import local_share
+from negalign.training.schedule import local_share
 from launch_helpers import free_port, launch_env, write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_two_processes_equal_one_process(run_config, tmp_path):
     """
     single = tmp_path / "single"
     cfg = load_config(run_config, {"run_dir": str(single)})
-    pipeline.stage_all(cfg, log=lambda *_: None)
+    d2o.stage_all(cfg, log=lambda *_: None)
 
     multi = tmp_path / "multi"
     multi.mkdir()

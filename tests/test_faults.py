@@ -98,15 +98,15 @@ def run_with_kills(stage: str, model_dir: Path, run_dir: Path, kills: int, total
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_model_dir):
     """The same three stages in this process, never interrupted."""
-    from negalign import pipeline
+    from negalign.recipes import d2o
     from negalign.config import load_config
 
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     cfg = load_config(None, overrides(tiny_model_dir, run_dir))
     quiet = lambda *a, **k: None  # noqa: E731
-    pipeline.stage_sample(cfg, log=quiet)
-    pipeline.stage_reference(cfg, log=quiet)
-    pipeline.stage_train(cfg, log=quiet)
+    d2o.stage_sample(cfg, log=quiet)
+    d2o.stage_reference(cfg, log=quiet)
+    d2o.stage_train(cfg, log=quiet)
     return run_dir
 
 

@@ -22,13 +22,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from negalign import pipeline
+from negalign.recipes import d2o
 from negalign.base import distributed
 from negalign.config import load_config
 from negalign.base.errors import UserError
 from negalign.modeling.loading import load_model
-from negalign.stages.reference import run_reference
-from negalign.stages.sample import run_sample
+from negalign.training.reference import run_reference
+from negalign.training.anchors import run_sample
 from launch_helpers import free_port, launch_env, toy_examples, write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_accelerate_fsdp_train_checkpoint_resume_and_gathered_model(run_config, tmp_path):
     single = tmp_path / "single"
     cfg = load_config(run_config, {"run_dir": str(single)})
-    pipeline.stage_all(cfg, log=lambda *_: None)
+    d2o.stage_all(cfg, log=lambda *_: None)
 
     # Uninterrupted FSDP run: 6 steps, sharded checkpoints after steps 2 and 4.
     full = tmp_path / "fsdp_full"
@@ -138,7 +138,7 @@ def test_accelerate_fsdp_train_checkpoint_resume_and_gathered_model(run_config, 
     _copy_inputs(single, plain)
     shutil.copytree(full / "train/checkpoints/step-0000002", plain / "train/checkpoints/step-0000002")
     with pytest.raises(UserError, match="FSDP/DeepSpeed shards") as err:
-        pipeline.stage_train(load_config(run_config, {"run_dir": str(plain)}), resume=True, log=lambda *_: None)
+        d2o.stage_train(load_config(run_config, {"run_dir": str(plain)}), resume=True, log=lambda *_: None)
     assert "\n" not in str(err.value) and "step-0000002" in str(err.value)
     assert not (plain / "model").exists()
 
@@ -162,7 +162,8 @@ def _as_rank(monkeypatch, rank: int) -> None:
 def test_sample_and_reference_progress_is_printed_by_rank_0_only(run_config, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    from negalign.stages.reference import REFERENCE_FILE, reference_fingerprint
+    from negalign.base.rundir import RunDir
+    from negalign.training.reference import reference_fingerprint
 
     examples = toy_examples()
     run_dir = tmp_path / "run"
@@ -180,7 +181,7 @@ def test_sample_and_reference_progress_is_printed_by_rank_0_only(run_config, tmp
     # reference: a cached file (no groups here) makes run_reference log one line and return it.
     save_file({"anchor_logps": torch.zeros(0, 0), "anchor_lengths": torch.zeros(0, 0, dtype=torch.int64),
                "negative_logps": torch.zeros(0), "negative_lengths": torch.zeros(0, dtype=torch.int64)},
-              str(run_dir / REFERENCE_FILE), metadata={"fingerprint": reference_fingerprint(cfg, [])})
+              str(RunDir(run_dir).reference), metadata={"fingerprint": reference_fingerprint(cfg, [])})
     seen: dict[int, list[str]] = {}
     for rank in (1, 0):
         _as_rank(monkeypatch, rank)

@@ -11,7 +11,8 @@ import json
 import pytest
 import torch
 
-from negalign import pipeline
+from negalign.recipes import d2o
+from negalign.training.examples import run_examples
 from negalign.config import config_from_dict
 from negalign.metrics import response_logprobs
 from negalign.modeling.loading import load_model
@@ -28,13 +29,13 @@ def test_d2o_on_the_default_model_lowers_training_negatives(tmp_path):
                   "save_every": 0},
     })
     quiet = lambda *_: None  # noqa: E731
-    anchors = pipeline.stage_sample(cfg, log=quiet)
+    anchors = d2o.stage_sample(cfg, log=quiet)
     assert len(anchors) == 4 and all(len(a) == 2 for a in anchors.values())
-    out = pipeline.stage_train(cfg, log=quiet)
+    out = d2o.stage_train(cfg, log=quiet)
     rows = [json.loads(line) for line in (out.parent / "train" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 
-    examples = pipeline.run_examples(cfg)
+    examples = run_examples(cfg)
     prompts = [ex.prompt for ex in examples]
     negatives = [ex.negatives[0] for ex in examples]
     ref, tok = load_model("default")

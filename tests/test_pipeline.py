@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from negalign import pipeline
+from negalign.recipes import d2o
+from negalign.training.groups import training_groups
+from negalign.training.examples import run_examples
 from negalign.config import config_from_dict, load_config
 from negalign.data.loaders import save_examples
 from negalign.data.records import Example
 from negalign.base.errors import UserError
 from negalign.modeling.loading import load_model
-from negalign.stages.train import TrainData, list_checkpoints, run_train
+from negalign.training.step import TrainData
+from negalign.training.checkpoints import list_checkpoints
+from negalign.training.loop import run_train
 
 
 def _examples():
@@ -59,12 +65,12 @@ def test_config_yaml_overrides_and_errors(tmp_path):
 
 
 def test_sample_reference_train_end_to_end(cfg):
-    anchors = pipeline.stage_sample(cfg, log=lambda *_: None)
+    anchors = d2o.stage_sample(cfg, log=lambda *_: None)
     assert sorted(anchors) == ["e0", "e1", "e2", "e3"] and all(len(a) == 2 for a in anchors.values())
-    ref = pipeline.stage_reference(cfg, log=lambda *_: None)
+    ref = d2o.stage_reference(cfg, log=lambda *_: None)
     assert ref.anchor_logps.shape == (6, 2) and ref.negative_logps.shape == (6,)
     assert bool((ref.negative_logps < 0).all()) and bool((ref.negative_lengths > 0).all())
-    out = pipeline.stage_train(cfg, log=lambda *_: None)
+    out = d2o.stage_train(cfg, log=lambda *_: None)
     rows = [json.loads(line) for line in (out.parent / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))  # 6 groups / 2 per step * 2 epochs
     assert all(k in rows[0] for k in ("loss", "rewards/margins", "rewards/accuracies", "logratio/negative"))
@@ -73,17 +79,17 @@ def test_sample_reference_train_end_to_end(cfg):
     # D2O at this learning rate pushes the human negatives down relative to the reference.
     assert rows[-1]["logratio/negative"] < 0
     # A second run of the same stage does nothing new (the model is already there).
-    assert pipeline.stage_train(cfg, log=lambda *_: None) == out
+    assert d2o.stage_train(cfg, log=lambda *_: None) == out
 
 
 def _train_data(cfg):
-    examples = pipeline.run_examples(cfg)
-    pipeline.stage_sample(cfg, log=lambda *_: None)
-    reference = pipeline.stage_reference(cfg, log=lambda *_: None)
+    examples = run_examples(cfg)
+    d2o.stage_sample(cfg, log=lambda *_: None)
+    reference = d2o.stage_reference(cfg, log=lambda *_: None)
     model, tok = load_model(cfg.model.name)
-    from negalign.stages.sample import read_anchors
+    from negalign.training.anchors import read_anchors
 
-    groups, _, k, _ = pipeline.training_groups(cfg, tok, examples, read_anchors(cfg.run_dir), log=lambda *_: None)
+    groups, _, k, _ = training_groups(cfg, tok, examples, read_anchors(cfg.run_dir), log=lambda *_: None)
     return model, tok, TrainData(groups, k, reference)
 
 
@@ -144,7 +150,7 @@ def test_activation_checkpointing_trains_to_the_same_weights_and_may_be_switched
 
 def test_lora_training_saves_a_merged_model(cfg):
     cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "lora": {"enabled": True, "r": 4}}})
-    out = pipeline.stage_all(cfg, log=lambda *_: None)
+    out = d2o.stage_all(cfg, log=lambda *_: None)
     model, _ = load_model(str(out))
     assert not any("lora" in n for n, _ in model.named_parameters())
     base, _ = load_model(cfg.model.name)
@@ -154,8 +160,8 @@ def test_lora_training_saves_a_merged_model(cfg):
 
 def test_online_resampling_replaces_anchors(cfg):
     cfg = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "online": {"every": 2}}})
-    pipeline.stage_all(cfg, log=lambda *_: None)
-    rows = [json.loads(line) for line in (pipeline.Path(cfg.run_dir) / "anchors.online.jsonl").read_text().splitlines()]
+    d2o.stage_all(cfg, log=lambda *_: None)
+    rows = [json.loads(line) for line in (Path(cfg.run_dir) / "anchors.online.jsonl").read_text().splitlines()]
     assert {r["step"] for r in rows} == {2, 4}
     assert all(len(r["anchors"]) == 2 for r in rows)
 
@@ -163,13 +169,13 @@ def test_online_resampling_replaces_anchors(cfg):
 @pytest.mark.parametrize("method", ["npo", "simnpo", "ga", "dpo_instance", "sft_anchors", "d2o_no_anchors"])
 def test_every_baseline_trains(cfg, method):
     cfg = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "method": method, "epochs": 1}})
-    out = pipeline.stage_all(cfg, log=lambda *_: None)
+    out = d2o.stage_all(cfg, log=lambda *_: None)
     assert (out / "model.safetensors").exists()
 
 
 def test_human_positives_as_anchors_give_dpo_on_human_pairs(cfg):
     """data.anchors: positives + dpo_pairs + k 1 is DPO on the human (positive, negative) pairs."""
-    data = pipeline.Path(cfg.data.source)
+    data = Path(cfg.data.source)
     examples = _examples()
     examples[0].positives = ["I can't help with picking locks you don't own."]
     examples[2].positives = ["Cheating hurts you; here is how to study instead."]
@@ -178,13 +184,13 @@ def test_human_positives_as_anchors_give_dpo_on_human_pairs(cfg):
     cfg = config_from_dict({**base, "data": {**base["data"], "anchors": "positives"},
                             "sample": {**base["sample"], "k": 1},
                             "train": {**base["train"], "method": "dpo_pairs", "epochs": 1}})
-    assert pipeline.stage_sample(cfg, log=lambda *_: None) == {
+    assert d2o.stage_sample(cfg, log=lambda *_: None) == {
         "e0": ["I can't help with picking locks you don't own."],
         "e2": ["Cheating hurts you; here is how to study instead."]}
-    out = pipeline.stage_train(cfg, log=lambda *_: None)
+    out = d2o.stage_train(cfg, log=lambda *_: None)
     rows = [json.loads(line) for line in (out.parent / "train" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and "rewards/margins" in rows[0]  # e0 (1 negative) + e2 (1 negative): 2 groups
-    assert [ex.id for ex in pipeline.run_examples(cfg)] == ["e0", "e2"]
+    assert [ex.id for ex in run_examples(cfg)] == ["e0", "e2"]
 
 
 def test_online_needs_sampled_anchors(tmp_path):

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from negalign import pipeline
+from negalign.recipes import d2o
+from negalign.training.models import load_plain
+from negalign.training.groups import training_groups
+from negalign.training.examples import run_examples
 from negalign.config import load_config
 from negalign.data.chat import encode_prompt, encode_response
 from negalign.data.records import Example, normalize_prompt
@@ -40,7 +43,7 @@ def test_truncation_keeps_prompt_tail_and_response_head_and_logs_counts(tokenize
     cfg = load_config(None, {"run_dir": str(tmp_path), "train.method": "npo", "data.max_prompt_tokens": "32",
                              "data.max_response_tokens": "16"})
     logged: list[str] = []
-    groups, _, _, stats = pipeline.training_groups(cfg, tokenizer, examples, {}, log=logged.append)
+    groups, _, _, stats = training_groups(cfg, tokenizer, examples, {}, log=logged.append)
 
     full_prompt = encode_prompt(tokenizer, examples[0].prompt)
     full_response, _ = encode_response(tokenizer, long_response)
@@ -57,14 +60,14 @@ def test_truncation_keeps_prompt_tail_and_response_head_and_logs_counts(tokenize
 # ---------------------------------------------------------------- non-finite loss or gradient
 
 def _train_setup(tmp_path, tokenizer, tiny_model, **train):
-    from negalign.stages.reference import ReferenceScores
-    from negalign.stages.train import TrainData
+    from negalign.training.reference import ReferenceScores
+    from negalign.training.step import TrainData
 
     settings = {"run_dir": str(tmp_path), "train.method": "npo", "train.groups_per_step": "2",
                 "train.micro_groups": "2", "train.save_every": "0", "train.lr": "1e-3",
                 "train.precision": "fp32", "train.epochs": "10", **{f"train.{k}": str(v) for k, v in train.items()}}
     cfg = load_config(None, settings)
-    groups, _, _, _ = pipeline.training_groups(cfg, tokenizer, _examples(), {}, log=lambda *_: None)
+    groups, _, _, _ = training_groups(cfg, tokenizer, _examples(), {}, log=lambda *_: None)
     n = len(groups)
     reference = ReferenceScores(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.int64),
                                 torch.full((n,), -50.0), torch.ones(n, dtype=torch.int64))
@@ -73,7 +76,7 @@ def _train_setup(tmp_path, tokenizer, tiny_model, **train):
 
 def _poisoned_objective(monkeypatch, bad_steps: set[int], kind: str):
     """Make compute_objective's loss (or only its gradient) non-finite on the given 1-based steps."""
-    from negalign.stages import train as train_mod
+    from negalign.training import step as train_mod
 
     real = train_mod.compute_objective
     calls = {"n": 0}
@@ -94,7 +97,7 @@ def _poisoned_objective(monkeypatch, bad_steps: set[int], kind: str):
 
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
 def test_nonfinite_step_is_skipped_and_counted(tmp_path, tokenizer, tiny_model, monkeypatch, kind):
-    from negalign.stages.train import run_train
+    from negalign.training.loop import run_train
 
     cfg, data = _train_setup(tmp_path, tokenizer, tiny_model, max_steps=4, max_nonfinite_steps=3)
     _poisoned_objective(monkeypatch, {2, 3}, kind)
@@ -114,7 +117,7 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path, tokenizer, tiny_model, 
 
 
 def test_too_many_nonfinite_steps_in_a_row_stop_the_run(tmp_path, tokenizer, tiny_model, monkeypatch):
-    from negalign.stages.train import TrainingStopped, run_train
+    from negalign.training.loop import TrainingStopped, run_train
 
     cfg, data = _train_setup(tmp_path, tokenizer, tiny_model, max_steps=10, max_nonfinite_steps=3)
     _poisoned_objective(monkeypatch, {2, 3, 4, 5, 6}, "loss")
@@ -187,7 +190,7 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model_dir, tmp_path, monkeyp
     overrides = {"run_dir": str(tmp_path), "model.name": str(tiny_model_dir)}
     if asked is not None:
         overrides["model.trust_remote_code"] = str(asked)
-    pipeline.load_plain(load_config(None, overrides))
+    load_plain(load_config(None, overrides))
     want = bool(asked)
     assert seen and all(trust is want for trust, _ in seen)
     assert seen[0][1] is True  # the model: safetensors only
@@ -222,12 +225,12 @@ def _openai_cfg(tmp_path, url):
 
 def test_openai_key_stays_out_of_run_dir_and_logs(tmp_path, key_server, caplog):
     from negalign.generation.openai_backend import OpenAIChatGenerator
-    from negalign.stages.sample import read_anchors, run_sample
+    from negalign.training.anchors import read_anchors, run_sample
 
     caplog.set_level("DEBUG")
     cfg = _openai_cfg(tmp_path, key_server.url)
-    run_dir = pipeline.prepare_run_dir(cfg)
-    examples = pipeline.run_examples(cfg)
+    run_dir = d2o.prepare_run_dir(cfg)
+    examples = run_examples(cfg)
     logged: list[str] = []
     generator = OpenAIChatGenerator(key_server.url, "negalign", api_key_env=cfg.sample.api_key_env, max_retries=0)
     run_sample(cfg, examples, generator, log=logged.append)
@@ -271,7 +274,7 @@ def test_run_dir_under_a_file_fails_before_anything_loads(tmp_path):
     blocker.write_text("x")
     cfg = load_config(None, {"run_dir": str(blocker / "run"), "model.name": str(tmp_path / "MODEL-NOT-TO-BE-LOADED")})
     with pytest.raises(UserError, match=r"not_a_dir/run: cannot create run directory: Not a directory"):
-        pipeline.stage_sample(cfg, log=lambda *_: None)
+        d2o.stage_sample(cfg, log=lambda *_: None)
 
 
 def test_cli_run_dir_under_a_file_one_line(tmp_path):
@@ -323,7 +326,7 @@ def test_low_free_space_fails_early_through_the_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "statvfs", nearly_full)
     cfg = load_config(None, {"run_dir": str(tmp_path / "run"), "model.name": str(tmp_path / "MODEL-NOT-TO-BE-LOADED")})
     with pytest.raises(UserError, match=r"run: only 0 MiB free on the run directory's disk \(need at least 50 MiB\)"):
-        pipeline.stage_train(cfg, log=lambda *_: None)
+        d2o.stage_train(cfg, log=lambda *_: None)
 
 
 def test_disk_full_mid_run_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, monkeypatch):

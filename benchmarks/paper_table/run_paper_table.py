@@ -130,7 +130,7 @@ def share_anchors(work: Path, run_dir: Path, k: int, sample_seed: int) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     from negalign.base.io import write_json, write_jsonl
-    from negalign.stages.sample import read_anchors
+    from negalign.training.anchors import read_anchors
 
     meta = json.loads((src / "anchors.meta.json").read_text())
     anchors = read_anchors(src)
@@ -147,7 +147,7 @@ def share_anchors(work: Path, run_dir: Path, k: int, sample_seed: int) -> None:
 
 
 def train_one(work: Path, name: str, overrides: dict, log) -> float:
-    from negalign import pipeline
+    from negalign.recipes import d2o
     from negalign.config import config_from_dict
 
     values = run_settings(work, name, overrides)
@@ -157,9 +157,9 @@ def train_one(work: Path, name: str, overrides: dict, log) -> float:
         return 0.0
     t0 = time.perf_counter()
     share_anchors(work, run_dir, cfg.sample.k, cfg.sample.seed)
-    pipeline.prepare_run_dir(cfg)
-    pipeline.stage_sample(cfg, log=log)
-    pipeline.stage_train(cfg, resume=True, log=log)
+    d2o.prepare_run_dir(cfg)
+    d2o.stage_sample(cfg, log=log)
+    d2o.stage_train(cfg, resume=True, log=log)
     # Checkpoints hold fp32 weights + AdamW state (~1.6 GB each); once model/ is saved they are dead weight.
     shutil.rmtree(run_dir / "train" / "checkpoints", ignore_errors=True)
     dt = time.perf_counter() - t0

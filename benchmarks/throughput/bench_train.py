@@ -108,8 +108,8 @@ def child_negalign(args) -> dict:
     import torch
 
     from negalign.modeling.logprobs import group_logprobs
-    from negalign.stages.reference import ReferenceScores, split_columns
-    from negalign.stages.train import TrainData, batch_logps, fused_adamw_applies
+    from negalign.training.reference import ReferenceScores, split_columns
+    from negalign.training.step import TrainData, batch_logps, fused_adamw_applies
     from negalign.objectives.registry import compute_objective
 
     model, tok = _load(args.folder, args.device)

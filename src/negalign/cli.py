@@ -92,16 +92,16 @@ def _run(args) -> int:
         if args.command == "run" and args.config_file:
             args.config = args.config_file
         cfg = _config(args)  # before importing torch: config mistakes are reported at once
-        from negalign import pipeline
+        from negalign.recipes import d2o
 
         if args.command == "sample":
-            pipeline.stage_sample(cfg)
+            d2o.stage_sample(cfg)
         elif args.command == "reference":
-            pipeline.stage_reference(cfg)
+            d2o.stage_reference(cfg)
         elif args.command == "train":
-            pipeline.stage_train(cfg, resume=args.resume)
+            d2o.stage_train(cfg, resume=args.resume)
         else:
-            pipeline.stage_all(cfg, resume=args.resume)
+            d2o.stage_all(cfg, resume=args.resume)
         return 0
     if args.command == "demo":
         from negalign.demo import run_demo

@@ -289,9 +289,3 @@ def apply_overrides(values: dict, overrides: dict[str, Any]) -> None:
             if not isinstance(node, dict):
                 raise UserError("cannot override inside a non-mapping key", field=dotted)
         node[parts[-1]] = value
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    from negalign.base.io import write_text
-
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from negalign.config import Config, config_from_dict, save_config
+from negalign.config import Config, config_from_dict
 
 DEMO_SETTINGS = {
     "model": {"name": "default"},
@@ -28,7 +28,7 @@ def demo_config(run_dir: str) -> Config:
 
 
 def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> dict:
-    from negalign import pipeline
+    from negalign.recipes import d2o
     from negalign.evaluation_table import before_after, format_table
 
     if fresh and Path(run_dir).exists():
@@ -36,9 +36,9 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     cfg = demo_config(run_dir)
     t0 = time.perf_counter()
     log(f"negalign demo: D2O on SmolLM2-135M-Instruct with pyrit's human-labelled negatives -> {run_dir}")
-    pipeline.prepare_run_dir(cfg)
-    pipeline.stage_sample(cfg, log=log)
-    pipeline.stage_train(cfg, resume=True, log=log)
+    d2o.prepare_run_dir(cfg)
+    d2o.stage_sample(cfg, log=log)
+    d2o.stage_train(cfg, resume=True, log=log)
     log("evaluate: held-out prompts, before (reference) and after (trained)")
     table = before_after(cfg, Path(run_dir) / "model", log=log)
     text = format_table(table)

@@ -267,10 +267,10 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
     `reference` (ReferenceScores of the same pairs) is reused when given; otherwise it is computed
     (and cached in the run directory) for the methods that need one.
     """
-    from negalign.groups import Tokenizer, build_groups, group_index
+    from negalign.training.groups import Tokenizer, build_groups, group_index
     from negalign.objectives.registry import get_objective
-    from negalign.stages.reference import run_reference
-    from negalign.stages.train import TrainData
+    from negalign.training.reference import run_reference
+    from negalign.training.step import TrainData
 
     examples, anchors = pair_examples(pairs)
     tok = Tokenizer(tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
@@ -278,7 +278,7 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
     if tok.stats.prompts or tok.stats.responses:
         log(f"data: {tok.stats.summary()}")
     if reference is None and get_objective(variant_method(variant)).needs_reference:
-        from negalign.pipeline import load_plain
+        from negalign.training.models import load_plain
 
         reference = run_reference(cfg, groups, 1, lambda spec: load_plain(cfg, spec)[0], log=log)
     return TrainData(groups=groups, n_anchors=1, reference=reference,
@@ -314,7 +314,7 @@ def stage_critique(settings: RdpoSettings, *, teacher=None, exclude: set[str] | 
         from negalign.critique import teacher_spec
 
         if teacher_spec(c, settings.cfg.model.name).get("backend") in ("transformers", "auto"):
-            from negalign.pipeline import load_plain
+            from negalign.training.models import load_plain
 
             model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"))
         teacher, desc = make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok)
@@ -365,9 +365,8 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
 def stage_train(settings: RdpoSettings, pairs: list[dict], *, reference=None, resume: bool = False,
                 log=print):
     """Train the configured variant on `pairs`; returns (model folder, reference scores or None)."""
-    from negalign.pipeline import _device, _lora_spec
-    from negalign.modeling.loading import load_model
-    from negalign.stages.train import run_train
+    from negalign.training.loop import run_train
+    from negalign.training.models import load_policy
 
     cfg, r = settings.cfg, settings.rdpo
     cfg.train.method = variant_method(r.variant)
@@ -378,8 +377,7 @@ def stage_train(settings: RdpoSettings, pairs: list[dict], *, reference=None, re
     if not pairs:
         raise UserError("no pairs to train on: every critique row was skipped or dropped (see pairs.stats.json)",
                         path=str(run_dir / STATS_FILE))
-    model, tokenizer = load_model(cfg.model.name, device=_device(), lora=_lora_spec(cfg),
-                                  trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
+    model, tokenizer = load_policy(cfg)
     data = pair_train_data(cfg, tokenizer, pairs, r.variant, r.cdpo_epsilon, reference=reference, log=log)
     log(f"rdpo: variant {r.variant} (method {cfg.train.method}) on {len(pairs)} pairs")
     return run_train(cfg, model, tokenizer, data, resume=resume, log=log), data.reference

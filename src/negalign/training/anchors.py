@@ -1,4 +1,4 @@
-"""Stage `sample`: K anchors per prompt from the reference policy, written incrementally.
+"""Stage `sample`: K anchors per prompt from the reference policy (or the human positives), written incrementally.
 
 anchors.jsonl gets one line per prompt, fsynced as it goes; a rerun skips prompts already done,
 so an interrupted run resumes with nothing lost or duplicated. anchors.meta.json pins the
@@ -7,20 +7,17 @@ settings that made the file: changing them requires a new run directory.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from negalign.base import distributed
+from negalign.base.io import JsonlAppender, read_jsonl_tolerant
+from negalign.base.rundir import Pin, RunDir
 from negalign.config import Config
 from negalign.data.records import Example
-from negalign.base.fingerprint import fingerprint
-from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
-from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json
 
-ANCHORS_FILE = "anchors.jsonl"
-META_FILE = "anchors.meta.json"
+ANCHORS_PIN = Pin("anchors here were sampled", "use a new run directory or delete anchors.jsonl")
 
 
 def sample_settings(cfg: Config) -> dict:
@@ -38,34 +35,39 @@ def guided(ex: Example, system_prompt: str | None) -> list[dict]:
 
 
 def read_anchors(run_dir: str | Path) -> dict[str, list[str]]:
-    path = Path(run_dir) / ANCHORS_FILE
-    return {row["id"]: row["anchors"] for row in read_jsonl_tolerant(path)}
+    return {row["id"]: row["anchors"] for row in read_jsonl_tolerant(RunDir(run_dir).anchors)}
 
 
-def check_meta(run_dir: Path, settings: dict) -> None:
-    meta_path = run_dir / META_FILE
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        if old.get("fingerprint") != fingerprint(settings):
-            changed = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
-            raise UserError(f"anchors here were sampled with other settings ({', '.join(changed)}); "
-                            "use a new run directory or delete anchors.jsonl", path=str(meta_path))
-    else:
-        write_json(meta_path, {"fingerprint": fingerprint(settings), "settings": settings})
+def positive_anchors(cfg: Config, examples: list[Example]) -> dict[str, list[str]]:
+    """Up to K human positives per prompt, in their data order, as the anchors (data.anchors: positives)."""
+    return {ex.id: ex.positives[:cfg.sample.k] for ex in examples if ex.positives}
+
+
+def make_sampler(cfg: Config, model=None, tokenizer=None):
+    """The anchor sampler the config asks for; reuses a loaded model when given."""
+    from negalign.generation.factory import make_generator
+
+    s = cfg.sample
+    spec = {"backend": s.backend, "model": cfg.model.name}
+    if s.backend == "openai":
+        spec.update(base_url=s.base_url, api_key_env=s.api_key_env)
+    elif s.backend in ("transformers", "auto"):  # the other backends refuse keys they do not use
+        spec["batch_size"] = s.batch_size
+    return make_generator(spec, model=model, tokenizer=tokenizer)
 
 
 def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) -> dict[str, list[str]]:
     """Sample anchors for every example not yet in anchors.jsonl; return all anchors by example id."""
     log = distributed.main_only(log)  # under a multi-process launch, rank 0 alone prints progress
-    run_dir = Path(cfg.run_dir)
+    run = RunDir(cfg.run_dir)
     if cfg.sample.k == 0:
         return {ex.id: [] for ex in examples}
-    check_meta(run_dir, sample_settings(cfg))
-    done = _read_anchors_and_shards(run_dir)
+    run.pin(run.anchors_meta, sample_settings(cfg), ANCHORS_PIN)
+    done = _read_anchors_and_shards(run)
     todo = [ex for ex in examples if ex.id not in done]
     if not todo:
         log(f"sample: all {len(examples)} prompts already have anchors")
-        return _merge_shards(run_dir, examples)
+        return _merge_shards(run, examples)
     log(f"sample: {len(todo)} prompts to do ({len(done)} already done), K={cfg.sample.k}")
     gen_cfg = GenerationConfig(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                                max_new_tokens=cfg.sample.max_new_tokens)
@@ -75,7 +77,7 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
     chunks = [examples[i:i + step] for i in range(0, len(examples), step)]
     t0, n_new, tokens = time.perf_counter(), 0, 0
     # Under a multi-process launch each process takes every world-th chunk into a shard of its own.
-    with JsonlAppender(distributed.output_path(run_dir / ANCHORS_FILE)) as out:
+    with JsonlAppender(distributed.output_path(run.anchors)) as out:
         for c, chunk in enumerate(chunks):
             missing = [ex for ex in chunk if ex.id not in done]
             if not missing or not distributed.owns(c):
@@ -93,7 +95,7 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
             speed = f"{tokens / elapsed:.1f} tokens/s, " if tokens else ""
             log(f"sample: {sum(ex.id in done for ex in examples)}/{len(examples)} prompts  "
                 f"({speed}{n_new / elapsed:.2f} prompts/s)")
-    done = _merge_shards(run_dir, examples)
+    done = _merge_shards(run, examples)
     empty = sum(1 for ex in examples for a in done[ex.id] if not a.strip())
     if empty:
         log(f"sample: {empty} empty anchors (kept: an empty reply is still a sample of the policy)")
@@ -102,15 +104,15 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
 
 # ---------------------------------------------------------------- multi-process hooks (negalign.base.distributed)
 
-def _read_anchors_and_shards(run_dir: Path) -> dict[str, list[str]]:
+def _read_anchors_and_shards(run: RunDir) -> dict[str, list[str]]:
     """Anchors already drawn, in anchors.jsonl or in any rank's shard left by an interrupted run."""
-    return {k: row["anchors"] for k, row in distributed.read_with_shards(run_dir / ANCHORS_FILE, "id").items()}
+    return {k: row["anchors"] for k, row in distributed.read_with_shards(run.anchors, "id").items()}
 
 
-def _merge_shards(run_dir: Path, examples: list[Example]) -> dict[str, list[str]]:
+def _merge_shards(run: RunDir, examples: list[Example]) -> dict[str, list[str]]:
     """Wait for every process, let rank 0 fold the shards into anchors.jsonl, and read it back."""
     distributed.barrier()
-    if distributed.current().main and distributed.shard_files(run_dir / ANCHORS_FILE):
-        distributed.merge_jsonl_shards(run_dir / ANCHORS_FILE, "id", [ex.id for ex in examples])
+    if distributed.current().main and distributed.shard_files(run.anchors):
+        distributed.merge_jsonl_shards(run.anchors, "id", [ex.id for ex in examples])
     distributed.barrier()
-    return read_anchors(run_dir)
+    return read_anchors(run.root)

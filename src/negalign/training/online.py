@@ -10,22 +10,19 @@ loaded once). Resampled anchors are logged to anchors.online.jsonl.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 
+from negalign.base.io import JsonlAppender
+from negalign.base.rundir import RunDir
 from negalign.config import Config
 from negalign.generation.base import GenerationConfig
-from negalign.groups import Tokenizer, build_groups
-from negalign.base.io import JsonlAppender
-from negalign.modeling.lora import is_lora
 from negalign.modeling.inference import score_groups
-from negalign.stages.reference import split_columns
-from negalign.stages.sample import guided
-from negalign.stages.train import step_indices, total_steps
-
-ONLINE_FILE = "anchors.online.jsonl"
-
+from negalign.modeling.lora import is_lora
+from negalign.training.anchors import guided
+from negalign.training.groups import Tokenizer, build_groups
+from negalign.training.reference import split_columns
+from negalign.training.schedule import step_indices, total_steps
 
 class OnlineResampler:
     def __init__(self, cfg: Config, tokenizer, examples, index, data, *, log=print, load_reference=None):
@@ -40,7 +37,7 @@ class OnlineResampler:
         if is_lora(policy) and same:
             return policy.disable_adapter(), policy
         if self._reference_model is None:
-            from negalign.pipeline import load_plain
+            from negalign.training.models import load_plain
 
             spec = self.cfg.reference.anchor_model or self.cfg.model.name
             self._reference_model = (self.load_reference or (lambda s: load_plain(self.cfg, s)[0]))(spec)
@@ -83,7 +80,7 @@ class OnlineResampler:
         for g, group in zip(upcoming, new_groups):
             self.data.groups[g] = group
         if _is_main():
-            with JsonlAppender(Path(cfg.run_dir) / ONLINE_FILE) as out:
+            with JsonlAppender(RunDir(cfg.run_dir).online_anchors) as out:
                 for e in ex_ids:
                     out.write({"step": step, "id": self.examples[e].id, "anchors": anchors[self.examples[e].id]})
         self.log(f"online: step {step}: resampled anchors for {len(ex_ids)} prompts ({len(upcoming)} groups)"

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from negalign.base.errors import UserError
+from negalign.base.rundir import RunDir
+from negalign.config import Config
 from negalign.data.chat import encode_prompt, encode_response
 from negalign.data.records import Example
 from negalign.modeling.logprobs import Group
+from negalign.objectives.registry import get_objective
+from negalign.training.anchors import positive_anchors
 
 
 @dataclass
@@ -72,3 +77,23 @@ def build_groups(tok: Tokenizer, examples: list[Example], index: list[GroupIndex
         responses.append(tok.response(ex.negatives[gi.negative]))
         groups.append(Group(prompt_ids=tok.prompt(ex), response_ids=responses))
     return groups
+
+
+def training_groups(cfg: Config, tokenizer, examples: list[Example], anchors: dict[str, list[str]], *, log=print):
+    """(groups, their index, K, truncation stats) of a run: the anchors its method uses, tokenised."""
+    objective = get_objective(cfg.train.method)
+    if cfg.data.anchors == "positives":
+        anchors = positive_anchors(cfg, examples)
+    index = group_index(examples, cfg.data.max_negatives_per_prompt)
+    use = anchors if objective.needs_anchors else {}
+    if objective.needs_anchors and cfg.sample.k > 0:
+        missing = [ex.id for ex in examples if ex.id not in use]
+        if missing:
+            raise UserError(f"{len(missing)} prompts have no anchors yet; run `negalign sample` first",
+                            path=str(RunDir(cfg.run_dir).anchors))
+    tok = Tokenizer(tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
+    groups = build_groups(tok, examples, index, use)
+    if tok.stats.prompts or tok.stats.responses:
+        log(f"data: {tok.stats.summary()}")
+    k = cfg.sample.k if objective.needs_anchors else 0
+    return groups, index, k, tok.stats

@@ -8,6 +8,7 @@ so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from negalign.base import distributed
-from negalign.config import Config
 from negalign.base.fingerprint import fingerprint
 from negalign.base.io import atomic_path
+from negalign.base.rundir import RunDir
+from negalign.config import Config
 from negalign.modeling.inference import score_groups
 from negalign.modeling.logprobs import Group
-
-REFERENCE_FILE = "reference.safetensors"
-PARTIAL_DIR = "reference.partial"
 
 
 @dataclass
@@ -68,7 +67,8 @@ def reference_fingerprint(cfg: Config, groups: list[Group]) -> str:
 
 
 def load_reference(run_dir: str | Path, expected_fingerprint: str) -> ReferenceScores | None:
-    path = Path(run_dir) / REFERENCE_FILE
+    """The cached scores when reference.safetensors was made for exactly these models and tokens."""
+    path = RunDir(run_dir).reference
     if not path.exists():
         return None
     with safe_open(str(path), framework="pt") as f:
@@ -84,13 +84,13 @@ def run_reference(cfg: Config, groups: list[Group], n_anchors: int, load_model_f
     `groups` are laid out as [anchors..., negative]; `load_model_fn(spec)` returns a model in eval use.
     """
     log = distributed.main_only(log)  # under a multi-process launch, rank 0 alone prints progress
-    run_dir = Path(cfg.run_dir)
+    run = RunDir(cfg.run_dir)
     fp = reference_fingerprint(cfg, groups)
-    cached = load_reference(run_dir, fp)
+    cached = load_reference(run.root, fp)
     if cached is not None:
-        log(f"reference: cached log-probs match (fingerprint {fp}); reusing {REFERENCE_FILE}")
+        log(f"reference: cached log-probs match (fingerprint {fp}); reusing {run.reference.name}")
         return cached
-    partial = run_dir / PARTIAL_DIR / fp
+    partial = run.reference_partial / fp
     partial.mkdir(parents=True, exist_ok=True)
     anchor_spec = cfg.reference.anchor_model or cfg.model.name
     negative_spec = cfg.reference.negative_model or cfg.model.name
@@ -116,12 +116,11 @@ def run_reference(cfg: Config, groups: list[Group], n_anchors: int, load_model_f
     del model
     scores = ReferenceScores(a_lp, a_ln, n_lp, n_ln)
     if distributed.current().main:  # every process holds the same scores; one writes them
-        with atomic_path(run_dir / REFERENCE_FILE) as tmp:
+        with atomic_path(run.reference) as tmp:
             save_file({"anchor_logps": a_lp.contiguous(), "anchor_lengths": a_ln.contiguous(),
                        "negative_logps": n_lp.contiguous(), "negative_lengths": n_ln.contiguous()},
                       str(tmp), metadata={"fingerprint": fp})
-        import shutil
-        shutil.rmtree(run_dir / PARTIAL_DIR, ignore_errors=True)
-        log(f"reference: scored {len(groups)} groups; saved {REFERENCE_FILE}")
+        shutil.rmtree(run.reference_partial, ignore_errors=True)
+        log(f"reference: scored {len(groups)} groups; saved {run.reference.name}")
     distributed.barrier()
     return scores

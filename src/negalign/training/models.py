@@ -1,0 +1,24 @@
+"""The models a run's config names, on this process's device: the frozen reference and the policy."""
+
+from __future__ import annotations
+
+from negalign.base import distributed
+from negalign.config import Config
+from negalign.modeling.loading import load_model
+
+
+def device() -> str:
+    return str(distributed.device())  # cuda:LOCAL_RANK under a launcher, so ranks do not share GPU 0
+
+
+def load_plain(cfg: Config, spec: str | None = None):
+    """(model, tokenizer) of `spec` (default: the run's model) without an adapter: a reference or a teacher."""
+    return load_model(spec or cfg.model.name, device=device(), trust_remote_code=cfg.model.trust_remote_code,
+                      allow_pickle=cfg.model.allow_pickle)
+
+
+def load_policy(cfg: Config):
+    """(model, tokenizer) to train: the run's model, with a LoRA adapter when model.lora.enabled."""
+    lora = cfg.model.lora if cfg.model.lora.enabled else None
+    return load_model(cfg.model.name, device=device(), lora=lora, trust_remote_code=cfg.model.trust_remote_code,
+                      allow_pickle=cfg.model.allow_pickle)
