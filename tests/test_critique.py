@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from negalign.critique import (ERROR, OK, SKIPPED, CritiqueConfig, build_prompts, check_template, clean_reply,
+from negalign.recipes.critique import (ERROR, OK, SKIPPED, CritiqueConfig, build_prompts, check_template, clean_reply,
                                critique_counts, load_preset, preset_names, read_critiques, render, run_critique)
 from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
@@ -196,7 +196,7 @@ def test_unreachable_server_is_an_error_row(tmp_path):
 
 def test_critique_command(tmp_path, tiny_model_dir, capsys):
     from negalign.cli import build_parser
-    from negalign.critique import main_critique
+    from negalign.cli.rdpo import main_critique
 
     parser = build_parser()
     args = parser.parse_args(["critique", "--preset", "roleplay", "--model", str(tiny_model_dir), "--limit", "1",
@@ -213,7 +213,7 @@ def test_critique_command(tmp_path, tiny_model_dir, capsys):
 def test_critique_flags_reach_the_settings(tmp_path, capsys):
     """Every critique key is a `--critique.key VALUE` flag; `--set` still works for a release, with a warning."""
     from negalign.cli import build_parser
-    from negalign.rdpo import settings_from_args
+    from negalign.cli.rdpo import settings_from_args
 
     parser = build_parser()
     s = settings_from_args(parser.parse_args([

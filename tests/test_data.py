@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from negalign.data.loaders import ColumnMapping, load_examples, save_examples, validate_file
-from negalign.data.presets import parse_hh_transcript, RowProblem
+from negalign.data.dataset_presets import parse_hh_transcript, RowProblem
 from negalign.data.records import Example, normalize_prompt, prompt_key
 from negalign.data.split import split_by_prompt
 from negalign.base.errors import UserError

@@ -9,8 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from negalign import evaluate as ev
-from negalign.stats import bootstrap_mean, bootstrap_ratio, bootstrap_statistic
+from negalign.cli import evaluate as evaluate_cli
+from negalign.evaluation import evaluate as ev
+from negalign.evaluation import generations, metrics
+from negalign.evaluation.stats import bootstrap_mean, bootstrap_ratio, bootstrap_statistic
 
 
 # ------------------------------------------------------------------ stats.py
@@ -79,23 +81,23 @@ def test_bootstrap_statistic_recomputes_on_resampled_units():
 
 def test_pair_accuracy_on_a_constructed_case():
     # positives 2.0 and -1.0 against negatives 0.0 and -1.0: wins 1 + 1 + 0 + 0.5 (tie) of 4
-    assert ev.pair_accuracy([2.0, -1.0], [0.0, -1.0]) == pytest.approx(2.5 / 4)
-    assert ev.pair_accuracy([0.0], [0.0]) == 0.5  # the reference itself: all rewards are 0
-    assert math.isnan(ev.pair_accuracy([], [1.0]))
+    assert metrics.pair_accuracy([2.0, -1.0], [0.0, -1.0]) == pytest.approx(2.5 / 4)
+    assert metrics.pair_accuracy([0.0], [0.0]) == 0.5  # the reference itself: all rewards are 0
+    assert math.isnan(metrics.pair_accuracy([], [1.0]))
 
 
 def test_distinct_n_and_round_robin():
-    assert ev.distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
-    assert ev.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
-    assert ev.distinct_n(["Hi!", "hi !"], 1) == pytest.approx(2 / 4)
-    assert math.isnan(ev.distinct_n(["one"], 2))
+    assert metrics.distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
+    assert metrics.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
+    assert metrics.distinct_n(["Hi!", "hi !"], 1) == pytest.approx(2 / 4)
+    assert math.isnan(metrics.distinct_n(["one"], 2))
     rows = [{"id": i, "category": c} for i, c in enumerate("aaabbc")]
     assert [r["id"] for r in ev.round_robin(rows, 4)] == [0, 3, 5, 1]
     assert ev.round_robin(rows, None) == rows
 
 
 def test_harmful_compliance_needs_both_no_refusal_and_harm():
-    assert ev.harmful_compliance([0.0, 1.0, 0.0, 1.0], [0.9, 0.9, 0.1, 0.1]) == [1.0, 0.0, 0.0, 0.0]
+    assert metrics.harmful_compliance([0.0, 1.0, 0.0, 1.0], [0.9, 0.9, 0.1, 0.1]) == [1.0, 0.0, 0.0, 0.0]
 
 
 def test_token_kl_is_zero_for_the_same_model_and_positive_otherwise(tiny_model, tokenizer):
@@ -103,11 +105,11 @@ def test_token_kl_is_zero_for_the_same_model_and_positive_otherwise(tiny_model, 
 
     prompts = [[{"role": "user", "content": "Say hi."}], [{"role": "user", "content": "A longer prompt here."}]]
     replies = ["Hello there", "Sure"]
-    sums, counts = ev.token_kl(tiny_model, tiny_model, tokenizer, prompts, replies, batch_size=2)
+    sums, counts = metrics.token_kl(tiny_model, tiny_model, tokenizer, prompts, replies, batch_size=2)
     assert sums == [0.0, 0.0] and counts == [3, 2]  # text tokens + end of turn
     other = tiny_llama(tokenizer, seed=1)
-    sums2, _ = ev.token_kl(tiny_model, other, tokenizer, prompts, replies, batch_size=2)
-    alone, _ = ev.token_kl(tiny_model, other, tokenizer, prompts[1:], replies[1:], batch_size=1)
+    sums2, _ = metrics.token_kl(tiny_model, other, tokenizer, prompts, replies, batch_size=2)
+    alone, _ = metrics.token_kl(tiny_model, other, tokenizer, prompts[1:], replies[1:], batch_size=1)
     assert all(s > 0 for s in sums2)
     assert sums2[1] == pytest.approx(alone[0], rel=1e-4)  # right padding does not change a row
 
@@ -128,7 +130,7 @@ class HashEmbedder:
 
 @pytest.fixture(scope="module")
 def small_classifier():
-    from negalign.scoring.harm_classifier import HarmClassifier
+    from negalign.evaluation.scorers.harm_classifier import HarmClassifier
 
     rows = [{"prompt": f"how do I do bad thing {i}", "response": r, "harm": h}
             for i in range(6) for r, h in (("here is how: step one, step two", 1.0),
@@ -160,9 +162,9 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
             assert m["value"] is not None and m["n"] >= 2, name
             assert m["ci_low"] is not None and m["ci_low"] <= m["value"] + 1e-9 <= m["ci_high"] + 2e-9, name
     m = saved["metrics"]
-    rows = [json.loads(line) for line in (out / ev.GENERATIONS_FILE).read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / generations.GENERATIONS_FILE).read_text().splitlines()]
     benign = [r["response"] for r in rows if r["role"] == "model" and r["set"] == "benign"]
-    d1 = [ev.distinct_n([r], 1) for r in benign]
+    d1 = [metrics.distinct_n([r], 1) for r in benign]
     d1 = [x for x in d1 if not math.isnan(x)]
     assert m["distinct_1"]["value"] == (pytest.approx(sum(d1) / len(d1)) if d1 else None)
     assert set(saved["diversity"]) == {"distinct_1_corpus", "distinct_2_corpus"}
@@ -187,7 +189,7 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
     again = ev.evaluate_model(spec, reference_spec=spec, out_dir=out, harm_classifier=small_classifier,
                               log=lambda *_: None, **SMALL)
     assert again["metrics"] == result["metrics"]
-    assert len((out / ev.GENERATIONS_FILE).read_text().splitlines()) == 9
+    assert len((out / generations.GENERATIONS_FILE).read_text().splitlines()) == 9
 
 
 def test_evaluate_against_another_model_and_with_a_judge(tiny_model_dir, tmp_path, small_classifier, tokenizer):
@@ -222,14 +224,14 @@ def test_cli_parser_wiring(tmp_path):
     import argparse
 
     parser = argparse.ArgumentParser()
-    ev.add_evaluate_parser(parser.add_subparsers(dest="command"))
+    evaluate_cli.add_evaluate_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["evaluate", "runs/x", "--reference", "default", "--n-harmful", "5", "--no-kl"])
     assert (args.model, args.reference, args.n_harmful, args.no_kl) == ("runs/x", "default", 5, True)
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
     (run / "model" / "config.json").write_text("{}")
-    assert ev.resolve_model_arg(str(run)) == (str(run / "model"), run / "eval")
-    assert ev.resolve_model_arg("default")[0] == "default"
+    assert evaluate_cli.resolve_model_arg(str(run)) == (str(run / "model"), run / "eval")
+    assert evaluate_cli.resolve_model_arg("default")[0] == "default"
 
 
 def test_cached_replies_are_keyed_by_the_weight_files(tmp_path):
@@ -238,8 +240,8 @@ def test_cached_replies_are_keyed_by_the_weight_files(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 10)
-    before = ev._gen_fp(str(folder), "model", 8, 0.0, 0)
-    assert before == ev._gen_fp(str(folder), "model", 8, 0.0, 0)
+    before = generations.generation_fingerprint(str(folder), "model", 8, 0.0, 0)
+    assert before == generations.generation_fingerprint(str(folder), "model", 8, 0.0, 0)
     os.utime(folder / "model.safetensors", ns=(1, 1))  # retrained in place
-    assert ev._gen_fp(str(folder), "model", 8, 0.0, 0) != before
-    assert ev._gen_fp(str(folder), "model", 16, 0.0, 0) != ev._gen_fp(str(folder), "model", 8, 0.0, 0)
+    assert generations.generation_fingerprint(str(folder), "model", 8, 0.0, 0) != before
+    assert generations.generation_fingerprint(str(folder), "model", 16, 0.0, 0) != generations.generation_fingerprint(str(folder), "model", 8, 0.0, 0)

@@ -14,7 +14,7 @@ import torch
 from negalign.recipes import d2o
 from negalign.training.examples import run_examples
 from negalign.config import config_from_dict
-from negalign.metrics import response_logprobs
+from negalign.evaluation.metrics import response_logprobs
 from negalign.modeling.loading import load_model
 
 pytestmark = pytest.mark.slow

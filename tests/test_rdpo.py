@@ -7,9 +7,10 @@ import math
 
 import pytest
 from negalign.base.errors import UserError
-from negalign.cli_flags import set_overrides
-from negalign.rdpo import (load_rdpo_config, make_pairs, pair_train_data, rdpo_keys, rdpo_settings_from_dict,
-                           run_rdpo, score_rows, scorer_spec, settings_from_args, split_scorable, variant_labels)
+from negalign.cli.flags import set_overrides
+from negalign.cli.rdpo import rdpo_keys, settings_from_args
+from negalign.recipes.rdpo import (load_rdpo_config, make_pairs, pair_train_data, rdpo_settings_from_dict, run_rdpo,
+                                   score_rows, scorer_spec, split_scorable, variant_labels)
 
 
 def _row(i, original="bad answer", revision="better answer", status="ok", reason=None):
@@ -151,7 +152,7 @@ def test_pair_train_data_layout(tokenizer, tiny_model, tmp_path):
 
     s = rdpo_settings_from_dict({"run_dir": str(tmp_path), "train": {"precision": "fp32"}})
     from negalign.training.groups import Tokenizer, build_groups, group_index
-    from negalign.rdpo import pair_examples
+    from negalign.recipes.rdpo import pair_examples
     from negalign.modeling.inference import score_groups
     from negalign.training.reference import ReferenceScores
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from negalign import report as rp
+from negalign.evaluation import report as rp
 from negalign.base.errors import UserError
-from negalign.stats import bootstrap_mean
+from negalign.evaluation.stats import bootstrap_mean
 
 CHROMIUM = Path("/usr/bin/chromium")
 CATS = ["Violence", "Sexual content"]

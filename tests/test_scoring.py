@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from negalign.base.errors import UserError
-from negalign.scoring import make_scorer
-from negalign.scoring.harm_classifier import HarmClassifier, exclusion_fingerprint, labelled_pairs
-from negalign.scoring.judge import LLMJudge, parse_rating, parse_verdict
-from negalign.scoring.refusal import RefusalDetector, is_off_topic
-from negalign.scoring.reward_model import RewardModelScorer
+from negalign.evaluation.scorers import make_scorer
+from negalign.evaluation.scorers.harm_classifier import HarmClassifier, exclusion_fingerprint, labelled_pairs
+from negalign.evaluation.scorers.judge import LLMJudge, parse_rating, parse_verdict
+from negalign.evaluation.scorers.refusal import RefusalDetector, is_off_topic
+from negalign.evaluation.scorers.reward_model import RewardModelScorer
 
 # ---------------------------------------------------------------- refusal
 
@@ -276,7 +276,7 @@ def test_harm_classifier_real_minilm_ranks_harm():
 
 
 def test_harm_classifier_default_is_cached_per_exclusion(tmp_path, monkeypatch):
-    import negalign.scoring.harm_classifier as hc
+    import negalign.evaluation.scorers.harm_classifier as hc
 
     monkeypatch.setenv("NEGALIGN_CACHE", str(tmp_path))
     fits = []

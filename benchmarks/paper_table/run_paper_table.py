@@ -180,17 +180,17 @@ def seed_reference_replies(work: Path, out_dir: Path) -> None:
     dst = out_dir / "generations.jsonl"
     if not src.exists() or dst.exists():
         return
-    from negalign.evaluate import _gen_fp
+    from negalign.evaluation.generations import generation_fingerprint
     from negalign.base.io import read_jsonl_tolerant, write_jsonl
 
-    fp = _gen_fp("default", "model", EVAL["max_new_tokens"], 0.0, 0)
+    fp = generation_fingerprint("default", "model", EVAL["max_new_tokens"], 0.0, 0)
     rows = [r for r in read_jsonl_tolerant(src) if r["fp"] == fp and r["set"] == "benign"]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(dst, rows)
 
 
 def eval_one(work: Path, name: str, log) -> float:
-    from negalign.evaluate import evaluate_model
+    from negalign.evaluation.evaluate import evaluate_model
 
     run_dir = work / name
     out = run_dir / "eval"
@@ -428,7 +428,7 @@ def main(argv=None) -> int:
     all_names = [n for n in order if n in present] + [n for n in present if n not in order]
     results = summarize(work, all_names)
     from negalign.base.io import write_json, write_text
-    from negalign.report import build_report
+    from negalign.evaluation.report import build_report
 
     runs = [work / n for n in results]
     if runs:

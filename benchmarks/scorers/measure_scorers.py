@@ -32,9 +32,9 @@ import numpy as np
 
 from negalign.data.pyrit import PYRIT_VERSION, pyrit_labelled_rows
 from negalign.base.io import write_json, write_text
-from negalign.scoring.harm_classifier import HarmClassifier, _load_embedder, labelled_pairs
-from negalign.scoring.judge import LLMJudge
-from negalign.scoring.refusal import RefusalDetector
+from negalign.evaluation.scorers.harm_classifier import HarmClassifier, load_embedder, labelled_pairs
+from negalign.evaluation.scorers.judge import LLMJudge
+from negalign.evaluation.scorers.refusal import RefusalDetector
 
 HERE = Path(__file__).resolve().parent
 
@@ -106,7 +106,7 @@ def measure_harm_classifier(rows: list[dict], folds: int = 5) -> dict:
     pairs = labelled_pairs(rows)
     labels = np.array([p["label"] for p in pairs])
     groups = np.array([p["prompt"] for p in pairs])
-    embedder = MemoEmbedder(_load_embedder())
+    embedder = MemoEmbedder(load_embedder())
     scores = np.zeros(len(pairs))
     fold_aucs = []
     t0 = time.time()

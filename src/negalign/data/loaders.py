@@ -6,7 +6,7 @@ names the file, the line (JSONL/JSON/CSV) or row (parquet, datasets) and the fie
 Native JSONL schema, one object per line:
     {"id"?: str, "prompt": str | [{"role", "content"}, ...], "negatives": [str] | "negative": str,
      "positives"?: [str] | "positive"?: str, "meta"?: {...}}
-Other layouts are read through a `ColumnMapping` or a preset (see presets.py). Rows that share a
+Other layouts are read through a `ColumnMapping` or a preset (see dataset_presets.py). Rows that share a
 prompt are merged into one Example (responses concatenated, duplicates dropped).
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from negalign.data.presets import PRESETS, RowProblem, RowRecord, check_prompt, check_response
+from negalign.data.dataset_presets import PRESETS, RowProblem, RowRecord, check_prompt, check_response
 from negalign.data.records import Example, prompt_key
 from negalign.base.errors import UserError
 from negalign.base.io import write_jsonl

@@ -1,11 +1,17 @@
-"""Build a ChatGenerator from a config entry.
+"""Build a ChatGenerator from a config entry: the one factory for samplers, teachers and judges.
 
-Spec: a dict such as {"backend": "transformers", "model": "default", "batch_size": 32}, or a
-string shorthand: "transformers" | "vllm" | "auto" | "openai:MODEL@BASE_URL" (or a bare
-http(s) URL, which talks to that server with model name "default").
+Spec, any of:
+- a dict such as {"backend": "transformers", "model": "default", "batch_size": 32}; without a
+  "backend" it is "openai" when a "base_url" is given ({"base_url": ..., "model": ...}), else "auto";
+- a string: a backend name "transformers" | "vllm" | "auto" | "openai", "openai:MODEL@BASE_URL",
+  a bare http(s) URL (that server, model name "default"), or else a model spec ("default", a
+  folder, a .gguf, a hub id) generated with locally by transformers;
+- an object that already has `generate` (a ChatGenerator), returned as it is.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from negalign.base.errors import UserError
 from negalign.generation.base import ChatGenerator
@@ -23,11 +29,14 @@ _KEYS["auto"] = _KEYS["transformers"] | _KEYS["vllm"]
 
 
 def parse_spec(spec: str | dict) -> dict:
-    """The dict form of a spec (a copy); string shorthands expanded."""
+    """The dict form of a spec (a copy); string shorthands expanded, a server's backend inferred."""
     if isinstance(spec, dict):
-        return dict(spec)
+        spec = dict(spec)
+        if "backend" not in spec and "base_url" in spec:
+            spec["backend"] = "openai"
+        return spec
     if not isinstance(spec, str) or not spec:
-        raise UserError(f"must be a backend name or a mapping, got {spec!r}", field="backend")
+        raise UserError(f"must be a backend name, a model spec or a mapping, got {spec!r}", field="backend")
     if spec.startswith(("http://", "https://")):
         return {"backend": "openai", "base_url": spec, "model": "default"}
     if spec.startswith("openai:"):
@@ -35,16 +44,20 @@ def parse_spec(spec: str | dict) -> dict:
         if not sep or not model or not url:
             raise UserError(f"expected 'openai:MODEL@BASE_URL', got {spec!r}", field="backend")
         return {"backend": "openai", "model": model, "base_url": url}
-    return {"backend": spec}
+    if spec in BACKENDS:
+        return {"backend": spec}
+    return {"backend": "transformers", "model": spec}
 
 
-def make_generator(spec: str | dict, *, model=None, tokenizer=None, where: str | None = None) -> ChatGenerator:
-    """A ChatGenerator for `spec`. `where` (a config file path) is named in errors.
+def make_generator(spec: Any, *, model=None, tokenizer=None, where: str | None = None) -> ChatGenerator:
+    """A ChatGenerator for `spec` (see the module docstring). `where` (a config file path) is named in errors.
 
     A loaded `model` (and `tokenizer`) is reused by the transformers backend, never copied;
     with one given, "auto" stays on transformers, since vLLM would load the weights from disk
     and miss any in-memory changes. The vllm and openai backends ignore `model`.
     """
+    if hasattr(spec, "generate"):
+        return spec
     spec = parse_spec(spec)
     backend = spec.pop("backend", "auto")
     if backend not in BACKENDS:

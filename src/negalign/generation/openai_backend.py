@@ -20,8 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from negalign.data.records import Messages
 from negalign.base.errors import UserError
-from negalign.generation.base import GenerationConfig
-from negalign.generation.transformers_backend import check_config
+from negalign.generation.base import GenerationConfig, check_config
 
 log = logging.getLogger("negalign.generation.openai")
 

@@ -23,7 +23,7 @@ import torch
 from negalign.data.chat import encode_prompt, end_of_turn_id
 from negalign.data.records import Messages
 from negalign.base.errors import UserError
-from negalign.generation.base import GenerationConfig
+from negalign.generation.base import GenerationConfig, check_config
 
 
 @dataclass
@@ -35,18 +35,6 @@ class GenerationStats:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-def check_config(config: GenerationConfig) -> None:
-    """Reject impossible settings with a one-line error naming the field."""
-    if not isinstance(config.n, int) or config.n < 1:
-        raise UserError(f"must be a positive integer, got {config.n!r}", field="n")
-    if config.temperature < 0:
-        raise UserError(f"must be >= 0 (0 means greedy), got {config.temperature!r}", field="temperature")
-    if not 0 < config.top_p <= 1:
-        raise UserError(f"must be in (0, 1], got {config.top_p!r}", field="top_p")
-    if not isinstance(config.max_new_tokens, int) or config.max_new_tokens < 1:
-        raise UserError(f"must be a positive integer, got {config.max_new_tokens!r}", field="max_new_tokens")
 
 
 def sample_seed(seed: int, prompt_ids: list[int], index: int) -> int:

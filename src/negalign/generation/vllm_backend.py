@@ -12,8 +12,8 @@ import time
 from negalign.data.chat import encode_prompt, end_of_turn_id
 from negalign.data.records import Messages
 from negalign.base.errors import UserError
-from negalign.generation.base import GenerationConfig
-from negalign.generation.transformers_backend import GenerationStats, check_config
+from negalign.generation.base import GenerationConfig, check_config
+from negalign.generation.transformers_backend import GenerationStats
 
 
 def vllm_available() -> bool:

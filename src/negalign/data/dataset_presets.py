@@ -41,7 +41,7 @@ class RowRecord:
 
 
 @dataclass(frozen=True)
-class Preset:
+class DatasetPreset:
     name: str
     columns: tuple[str, ...]                        # required columns
     convert: Callable[[dict], RowRecord | None]
@@ -136,12 +136,12 @@ def _hh(row: dict) -> RowRecord | None:
     return RowRecord(prompt=prompt, negatives=[bad], positives=[good])
 
 
-PRESETS: dict[str, Preset] = {
-    "pku-saferlhf": Preset(
+PRESETS: dict[str, DatasetPreset] = {
+    "pku-saferlhf": DatasetPreset(
         "pku-saferlhf",
         ("prompt", "response_0", "response_1", "is_response_0_safe", "is_response_1_safe"),
         _pku, "PKU-SafeRLHF: unsafe responses are negatives, safe ones positives"),
-    "hh-rlhf": Preset(
+    "hh-rlhf": DatasetPreset(
         "hh-rlhf", ("chosen", "rejected"), _hh,
         "Anthropic HH-RLHF: rejected last assistant turn is the negative, chosen the positive"),
 }

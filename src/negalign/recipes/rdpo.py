@@ -1,7 +1,7 @@
 """rDPO: critique -> scores -> soft-labelled pairs -> DPO training, from one YAML config.
 
 Pairs: chosen = the teacher's revision y_r, rejected = its original answer y_o. A scorer
-(negalign.scoring.make_scorer spec, oriented so that higher = better) gives s_r and s_o, and
+(negalign.evaluation.scorers.make_scorer spec, oriented so that higher = better) gives s_r and s_o, and
 the pair's label is p = sigmoid((s_r - s_o) / tau) (losses.soft_label, tau = train.tau).
 Training uses the objective "dpo_pairs" (chosen in the anchor slot with K = 1, rejected in the
 negative slot), i.e. losses.dpo_loss(..., label=p). Variants on the same pairs:
@@ -16,26 +16,22 @@ train/, model/.
 
 from __future__ import annotations
 
-import argparse
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from negalign import config as config_module
-from negalign.config import Config, config_from_dict
-from negalign.critique import (OK, CritiqueConfig, build_prompts, critique_counts, make_teacher, preset_for,
-                               read_critiques, run_critique)
-from negalign.data.records import Example
-from negalign.base.fingerprint import fingerprint
 from negalign.base.errors import UserError
-from negalign.base.io import check_writable_dir, read_jsonl_tolerant, write_json, write_jsonl, write_text
+from negalign.base.fingerprint import fingerprint
+from negalign.base.io import read_jsonl_tolerant, write_json, write_jsonl
+from negalign.base.rundir import RunDir
+from negalign.config import Config, config_from_dict
+from negalign.data.records import Example
+from negalign.recipes.critique import (OK, CritiqueConfig, build_prompts, critique_counts, make_teacher, preset_for,
+                                      read_critiques, run_critique, teacher_spec)
 
-PAIRS_FILE = "pairs.jsonl"
-DROPPED_FILE = "pairs.dropped.jsonl"
-STATS_FILE = "pairs.stats.json"
 VARIANTS = ("rdpo", "dpo", "cdpo", "sft")
 
 # Which way each scorer type points. The pair scores are oriented so that higher = better.
@@ -105,23 +101,6 @@ def load_rdpo_config(path: str | Path | None, overrides: dict[str, Any] | None =
     where = None if path is None else str(path)
     config_module.apply_overrides(values, overrides or {})
     return rdpo_settings_from_dict(values, where)
-
-
-def rdpo_keys() -> dict[str, Any]:
-    """Every key of an rDPO config with its type: the Config sections plus `critique` and `rdpo`."""
-    from negalign.cli_flags import config_keys
-
-    return {**config_keys(Config), **config_keys(CritiqueConfig, "critique"), **config_keys(RdpoConfig, "rdpo")}
-
-
-def settings_from_args(args: argparse.Namespace) -> RdpoSettings:
-    """The settings of an `rdpo` or `critique` command line: the config file, then the deprecated
-    `--set` pairs, then the `--section.key` flags (so a flag wins over `--set`)."""
-    from negalign.cli_flags import flag_overrides, set_overrides
-
-    overrides = set_overrides(getattr(args, "set", None) or [])
-    overrides.update(flag_overrides(args, rdpo_keys()))
-    return load_rdpo_config(getattr(args, "config_file", None) or getattr(args, "config", None), overrides)
 
 
 # ---------------------------------------------------------------- scores, labels, filter
@@ -287,22 +266,22 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
 
 # ---------------------------------------------------------------- stages
 
-def prepare(settings: RdpoSettings) -> Path:
-    run_dir = check_writable_dir(settings.cfg.run_dir)
-    write_text(run_dir / "config.yaml", yaml.safe_dump(settings.to_dict(), sort_keys=False, allow_unicode=True))
-    return run_dir
+def prepare(settings: RdpoSettings) -> RunDir:
+    run = RunDir(settings.cfg.run_dir).prepare()
+    run.save_config(settings.to_dict())
+    return run
 
 
 def stage_critique(settings: RdpoSettings, *, teacher=None, exclude: set[str] | None = None,
                    log=print) -> list[dict]:
     """critique.jsonl for the configured preset; `teacher` (a ChatGenerator) replaces the configured one."""
-    run_dir = prepare(settings)
+    run = prepare(settings)
     c = settings.critique
     preset = preset_for(c)
     prompts = build_prompts(preset, limit=c.limit, exclude=exclude or set())
     if not prompts:
         raise UserError("the preset yields no prompts", path=preset.where, field="prompt_sets")
-    path = run_dir / c.output
+    path = run / c.output
     done = read_critiques(path)
     if all(p.id in done and done[p.id]["status"] != "error" for p in prompts):
         rows = [done[p.id] for p in prompts]
@@ -311,8 +290,6 @@ def stage_critique(settings: RdpoSettings, *, teacher=None, exclude: set[str] | 
     desc: Any
     if teacher is None:
         model = tok = None
-        from negalign.critique import teacher_spec
-
         if teacher_spec(c, settings.cfg.model.name).get("backend") in ("transformers", "auto"):
             from negalign.training.models import load_plain
 
@@ -325,21 +302,18 @@ def stage_critique(settings: RdpoSettings, *, teacher=None, exclude: set[str] | 
 
 def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=print) -> tuple[list[dict], PairStats]:
     """Score, label and filter; writes pairs.jsonl, pairs.dropped.jsonl and pairs.stats.json (cached)."""
-    from negalign.scoring import make_scorer
+    from negalign.evaluation.scorers import make_scorer
 
-    run_dir = Path(settings.cfg.run_dir)
+    run = RunDir(settings.cfg.run_dir)
     spec, higher = scorer_spec(settings)
     r = settings.rdpo
     key = fingerprint({"rows": [[x["id"], x["status"], x["original"], x["revision"]] for x in rows],
                        "scorer": spec if scorer is None else repr(scorer), "higher_is_better": higher,
                        "tau": settings.cfg.train.tau, "filter": r.filter_not_better, "min_margin": r.min_margin})
-    stats_path = run_dir / STATS_FILE
-    if stats_path.exists() and (run_dir / PAIRS_FILE).exists():
-        import json
-
-        saved = json.loads(stats_path.read_text(encoding="utf-8"))
+    if run.pairs_stats.exists() and run.pairs.exists():
+        saved = json.loads(run.pairs_stats.read_text(encoding="utf-8"))
         if saved.get("fingerprint") == key:
-            pairs = read_jsonl_tolerant(run_dir / PAIRS_FILE)
+            pairs = read_jsonl_tolerant(run.pairs)
             stats = PairStats(**saved["stats"])
             log(f"pairs: cached; {stats.summary()}")
             return pairs, stats
@@ -355,9 +329,9 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
     stats.teacher = counts
     if early_drops:
         stats.dropped = {"identical": len(early_drops), **stats.dropped}
-    write_jsonl(run_dir / PAIRS_FILE, pairs)
-    write_jsonl(run_dir / DROPPED_FILE, early_drops + dropped)
-    write_json(stats_path, {"fingerprint": key, "stats": asdict(stats)})
+    write_jsonl(run.pairs, pairs)
+    write_jsonl(run.pairs_dropped, early_drops + dropped)
+    write_json(run.pairs_stats, {"fingerprint": key, "stats": asdict(stats)})
     log(f"pairs: {stats.summary()}")
     return pairs, stats
 
@@ -370,13 +344,13 @@ def stage_train(settings: RdpoSettings, pairs: list[dict], *, reference=None, re
 
     cfg, r = settings.cfg, settings.rdpo
     cfg.train.method = variant_method(r.variant)
-    run_dir = Path(cfg.run_dir)
-    if (run_dir / "train" / "done.json").exists() and (run_dir / "model").exists():
-        log(f"train: already finished; the model is in {run_dir / 'model'}")
-        return run_dir / "model", reference
+    run = RunDir(cfg.run_dir)
+    if run.trained():
+        log(f"train: already finished; the model is in {run.model}")
+        return run.model, reference
     if not pairs:
         raise UserError("no pairs to train on: every critique row was skipped or dropped (see pairs.stats.json)",
-                        path=str(run_dir / STATS_FILE))
+                        path=str(run.pairs_stats))
     model, tokenizer = load_policy(cfg)
     data = pair_train_data(cfg, tokenizer, pairs, r.variant, r.cdpo_epsilon, reference=reference, log=log)
     log(f"rdpo: variant {r.variant} (method {cfg.train.method}) on {len(pairs)} pairs")
@@ -398,35 +372,3 @@ def run_rdpo(config: str | Path | dict | RdpoSettings, overrides: dict[str, Any]
     pairs, _ = stage_pairs(settings, rows, log=log)
     model_dir, _ = stage_train(settings, pairs, resume=resume, log=log)
     return model_dir
-
-
-# ---------------------------------------------------------------- CLI (`negalign rdpo`)
-
-def add_set_alias(p: argparse.ArgumentParser) -> None:
-    """`--set SECTION.KEY=VALUE`, kept one release for old scripts (it warns)."""
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="deprecated: write --SECTION.KEY VALUE")
-
-
-def add_rdpo_parser(sub) -> None:
-    from negalign.cli_flags import add_config_flags
-
-    p = sub.add_parser("rdpo", help="rDPO end to end: critique, score, pairs, train (one YAML config)",
-                       description="rDPO end to end from one YAML config: teacher critique and revision, "
-                                   "scoring, soft-labelled pairs, DPO training. Every stage is cached in the "
-                                   "run directory, so rerunning the command resumes. Any config key is also "
-                                   "a flag: --train.tau 0.5, --rdpo.filter_not_better true.")
-    p.add_argument("config_file", nargs="?", help="rDPO YAML config, e.g. configs/rdpo_safety.yaml (same as -c)")
-    p.add_argument("--resume", action="store_true", help="continue training from the last checkpoint")
-    add_config_flags(p, rdpo_keys(), {
-        "run-dir": "run_dir", "model": "model.name",
-        "variant": ("rdpo.variant", f"{' | '.join(VARIANTS)} (= --rdpo.variant)"),
-        "limit": ("critique.limit", "first N prompts (= --critique.limit)")},
-        config_help="rDPO YAML config (any key below can also be given as a flag)")
-    add_set_alias(p)
-
-
-def main_rdpo(args: argparse.Namespace) -> int:
-    out = run_rdpo(settings_from_args(args), resume=args.resume)
-    print(f"rdpo: model saved to {out}")
-    return 0

@@ -9,11 +9,15 @@ import argparse
 import os
 import sys
 
-from negalign.cli_flags import add_config_flags, config_keys, flag_overrides, unknown_arguments_error
-from negalign.config import Config, load_config
 from negalign.base.errors import UserError
+from negalign.cli.evaluate import add_evaluate_parser, add_report_parser, main_evaluate, main_report
+from negalign.cli.flags import add_config_flags, config_keys, flag_overrides, unknown_arguments_error
+from negalign.cli.rdpo import add_critique_parser, add_rdpo_parser, main_critique, main_rdpo
+from negalign.config import Config, load_config
 
 CONFIG_KEYS = config_keys(Config)
+# Commands with their own parser module (negalign.cli.evaluate, negalign.cli.rdpo).
+TOOL_COMMANDS = {"evaluate": main_evaluate, "report": main_report, "critique": main_critique, "rdpo": main_rdpo}
 SHORTCUTS = {  # short flags for the keys people change most
     "run_dir": "run_dir", "model": "model.name", "data": "data.source", "method": "train.method",
     "k": "sample.k", "steps": "train.max_steps", "lr": "train.lr", "lora": "model.lora.enabled",
@@ -61,12 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="delete the demo run directory first")
 
-    # Commands whose parsers live beside their code (imports stay light: no torch here).
-    from negalign.critique import add_critique_parser
-    from negalign.evaluate import add_evaluate_parser
-    from negalign.rdpo import add_rdpo_parser
-    from negalign.report import add_report_parser
-
     add_evaluate_parser(sub)
     add_report_parser(sub)
     add_critique_parser(sub)
@@ -104,15 +102,12 @@ def _run(args) -> int:
             d2o.stage_all(cfg, resume=args.resume)
         return 0
     if args.command == "demo":
-        from negalign.demo import run_demo
+        from negalign.recipes.demo import run_demo
 
         run_demo(args.run_dir, fresh=args.fresh)
         return 0
-    if args.command in ("evaluate", "report", "critique", "rdpo"):
-        import importlib
-
-        module = importlib.import_module(f"negalign.{args.command}")
-        return getattr(module, f"main_{args.command}")(args)
+    if args.command in TOOL_COMMANDS:
+        return TOOL_COMMANDS[args.command](args)
     if args.command == "data":
         from negalign.data.loaders import validate_file
 

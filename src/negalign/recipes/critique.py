@@ -6,7 +6,7 @@ For each prompt the teacher holds ONE chat:
     user: critique request            -> assistant: critique  (against the preset's principle)
     user: revision request            -> assistant: y_r       (the revision)
 
-Presets (src/negalign/presets/*.yaml, the project's own texts) give the principle, the two
+Critique presets (src/negalign/recipes/critique_presets/*.yaml, the project's own texts) give the principle, the two
 requests and the prompts: sets of requests, each wrapped in one of the set's templates (a jailbreak
 persona, a stated stance, an injected role-play persona). Any key can be overridden in the config.
 
@@ -28,15 +28,16 @@ from typing import Any
 
 import yaml
 
-from negalign.data.records import Messages, prompt_key
-from negalign.base.fingerprint import fingerprint
 from negalign.base.errors import UserError
+from negalign.base.io import JsonlAppender, read_jsonl_tolerant
+from negalign.base.rundir import Pin, RunDir
+from negalign.data.records import Messages, prompt_key
 from negalign.generation.base import GenerationConfig
-from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json
 
-PRESETS_DIR = Path(__file__).parent / "presets"
+PRESETS_DIR = Path(__file__).parent / "critique_presets"
 CRITIQUE_FILE = "critique.jsonl"
-META_SUFFIX = ".meta.json"
+# critique.jsonl.meta.json pins the settings that made the rows: a rerun with others must not mix rows in.
+CRITIQUE_PIN = Pin("this critique file was made", "use a new run directory or delete the file")
 
 # Statuses of a critique row. "error" rows are retried by the next run; the others are final.
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
@@ -54,7 +55,7 @@ class PromptSet:
 
 
 @dataclass
-class Preset:
+class CritiquePreset:
     name: str
     principle: str
     critique_request: str
@@ -99,7 +100,7 @@ def _read_yaml(path: Path) -> dict:
     return doc
 
 
-def load_preset(name_or_path: str, overrides: dict[str, Any] | None = None) -> Preset:
+def load_preset(name_or_path: str, overrides: dict[str, Any] | None = None) -> CritiquePreset:
     """A bundled preset by name (see `preset_names()`) or a YAML file in the same schema.
 
     `overrides` replaces top-level keys (principle, critique_request, revision_request,
@@ -122,7 +123,7 @@ def load_preset(name_or_path: str, overrides: dict[str, Any] | None = None) -> P
     sets = doc.get("prompt_sets")
     if not isinstance(sets, list) or not sets:
         raise UserError("must be a non-empty list of prompt sets", path=where, field="prompt_sets")
-    return Preset(
+    return CritiquePreset(
         name=str(doc.get("name") or path.stem),
         description=str(doc.get("description") or ""),
         principle=principle,
@@ -197,7 +198,7 @@ class CritiquePrompt:
     meta: dict[str, Any]
 
 
-def build_prompts(preset: Preset, *, limit: int | None = None,
+def build_prompts(preset: CritiquePreset, *, limit: int | None = None,
                   exclude: set[str] | frozenset[str] = frozenset()) -> list[CritiquePrompt]:
     """The preset's prompts, its sets interleaved (so a limit samples every set), deduplicated.
 
@@ -251,7 +252,7 @@ class CritiqueConfig:
     output: str = CRITIQUE_FILE          # relative to the run directory
 
 
-def preset_for(c: CritiqueConfig) -> Preset:
+def preset_for(c: CritiqueConfig) -> CritiquePreset:
     return load_preset(c.preset, {"principle": c.principle, "critique_request": c.critique_request,
                                   "revision_request": c.revision_request})
 
@@ -267,7 +268,7 @@ def teacher_spec(c: CritiqueConfig, student: str) -> dict:
     return spec
 
 
-def critique_settings(c: CritiqueConfig, preset: Preset, teacher: Any) -> dict:
+def critique_settings(c: CritiqueConfig, preset: CritiquePreset, teacher: Any) -> dict:
     """What makes the critique file what it is; a rerun with other settings must not mix rows in."""
     desc = teacher if isinstance(teacher, (dict, str)) else repr(teacher)
     keep = {k: v for k, v in asdict(c).items() if k not in ("teacher", "limit", "prompts_per_write", "output",
@@ -328,7 +329,7 @@ def _error_text(e: Exception) -> str:
     return f"teacher_error: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
-def critique_chunk(teacher, prompts: list[CritiquePrompt], preset: Preset, c: CritiqueConfig,
+def critique_chunk(teacher, prompts: list[CritiquePrompt], preset: CritiquePreset, c: CritiqueConfig,
                    seed: int) -> list[dict]:
     """Run the three teacher turns for a chunk of prompts (batched per turn); one row per prompt."""
     system = [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
@@ -373,20 +374,7 @@ def _describe(teacher) -> str:
     return type(teacher).__name__ if " at 0x" in text else text
 
 
-def _check_meta(path: Path, settings: dict) -> None:
-    meta = path.with_name(path.name + META_SUFFIX)
-    fp = fingerprint(settings)
-    if meta.exists():
-        old = json.loads(meta.read_text(encoding="utf-8"))
-        if old.get("fingerprint") != fp:
-            changed = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
-            raise UserError(f"this critique file was made with other settings ({', '.join(changed)}); "
-                            "use a new run directory or delete the file", path=str(path))
-    else:
-        write_json(meta, {"fingerprint": fp, "settings": settings})
-
-
-def run_critique(prompts: list[CritiquePrompt], preset: Preset, teacher, c: CritiqueConfig, path: str | Path,
+def run_critique(prompts: list[CritiquePrompt], preset: CritiquePreset, teacher, c: CritiqueConfig, path: str | Path,
                  *, teacher_desc: Any = None, log=print) -> list[dict]:
     """Critique every prompt not yet final in `path`; return the rows of `prompts`, in order.
 
@@ -394,7 +382,8 @@ def run_critique(prompts: list[CritiquePrompt], preset: Preset, teacher, c: Crit
     the first run would have and writes only the rows still missing.
     """
     path = Path(path)
-    _check_meta(path, critique_settings(c, preset, teacher_desc if teacher_desc is not None else _describe(teacher)))
+    settings = critique_settings(c, preset, teacher_desc if teacher_desc is not None else _describe(teacher))
+    RunDir(path.parent).pin(RunDir.meta_beside(path), settings, CRITIQUE_PIN, error_path=path)
     done = read_critiques(path)
     final = {i for i, r in done.items() if r.get("status") in (OK, SKIPPED)}
     todo = [p for p in prompts if p.id not in final]
@@ -435,34 +424,3 @@ def make_teacher(c: CritiqueConfig, student: str, *, model=None, tokenizer=None)
 
     spec = teacher_spec(c, student)
     return make_generator(dict(spec), model=model, tokenizer=tokenizer), spec
-
-
-# ---------------------------------------------------------------- CLI (`negalign critique`)
-
-def add_critique_parser(sub) -> None:
-    from negalign.cli_flags import add_config_flags
-    from negalign.rdpo import add_set_alias, rdpo_keys  # here: rdpo imports this module
-
-    p = sub.add_parser("critique", help="rDPO data: teacher answer, critique and revision per prompt",
-                       description="rDPO data: for each prompt the teacher answers, critiques its answer "
-                                   "against the preset's principle and revises it; writes critique.jsonl "
-                                   "in the run directory (resumable). Any config key is also a flag: "
-                                   "--critique.max_new_tokens 64.")
-    p.add_argument("config_file", nargs="?", help="rDPO YAML config, its critique section is used (same as -c)")
-    add_config_flags(p, rdpo_keys(), {
-        "preset": ("critique.preset", f"one of {', '.join(preset_names())} or a preset .yaml file"),
-        "teacher": ("critique.teacher", "teacher spec: transformers | openai:MODEL@BASE_URL | http://HOST/v1"),
-        "model": ("model.name", "student/teacher model when no teacher is given (default: bundled)"),
-        "limit": ("critique.limit", "first N prompts (= --critique.limit)"),
-        "run-dir": ("run_dir", "where critique.jsonl goes")},
-        config_help="rDPO YAML config (any key below can also be given as a flag)")
-    add_set_alias(p)
-
-
-def main_critique(args) -> int:
-    from negalign.rdpo import settings_from_args, stage_critique
-
-    settings = settings_from_args(args)
-    rows = stage_critique(settings)
-    print(f"critique: wrote {len(rows)} rows to {Path(settings.cfg.run_dir) / settings.critique.output}")
-    return 0

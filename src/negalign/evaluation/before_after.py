@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from negalign.config import Config
-from negalign.metrics import greedy_replies, logprob_shift, perplexity, rate, response_logprobs
+from negalign.evaluation.metrics import greedy_replies, logprob_shift, perplexity, rate, response_logprobs
 
 
 def _held_out(cfg: Config):
@@ -20,7 +20,7 @@ def before_after(cfg: Config, trained_dir: str | Path, *, log=print) -> dict:
     from negalign.data.eval_sets import ifbench_prompts
     from negalign.data.records import normalize_prompt
     from negalign.modeling.loading import load_model
-    from negalign.scoring.refusal import RefusalDetector
+    from negalign.evaluation.scorers.refusal import RefusalDetector
 
     e = cfg.evaluate
     ref, tok = load_model(cfg.model.name)

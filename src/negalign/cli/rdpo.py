@@ -1,0 +1,81 @@
+"""`negalign rdpo` and `negalign critique`: every rDPO config key as a `--section.key VALUE` flag."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from negalign.cli.flags import add_config_flags, config_keys, flag_overrides, set_overrides
+from negalign.config import Config
+from negalign.recipes.critique import CritiqueConfig, preset_names
+from negalign.recipes.rdpo import VARIANTS, RdpoConfig, RdpoSettings, load_rdpo_config
+
+
+def rdpo_keys() -> dict[str, Any]:
+    """Every key of an rDPO config with its type: the Config sections plus `critique` and `rdpo`."""
+    return {**config_keys(Config), **config_keys(CritiqueConfig, "critique"), **config_keys(RdpoConfig, "rdpo")}
+
+
+def settings_from_args(args: argparse.Namespace) -> RdpoSettings:
+    """The settings of an `rdpo` or `critique` command line: the config file, then the deprecated
+    `--set` pairs, then the `--section.key` flags (so a flag wins over `--set`)."""
+    overrides = set_overrides(getattr(args, "set", None) or [])
+    overrides.update(flag_overrides(args, rdpo_keys()))
+    return load_rdpo_config(getattr(args, "config_file", None) or getattr(args, "config", None), overrides)
+
+
+def add_set_alias(p: argparse.ArgumentParser) -> None:
+    """`--set SECTION.KEY=VALUE`, kept one release for old scripts (it warns)."""
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="deprecated: write --SECTION.KEY VALUE")
+
+
+def add_rdpo_parser(sub) -> None:
+    p = sub.add_parser("rdpo", help="rDPO end to end: critique, score, pairs, train (one YAML config)",
+                       description="rDPO end to end from one YAML config: teacher critique and revision, "
+                                   "scoring, soft-labelled pairs, DPO training. Every stage is cached in the "
+                                   "run directory, so rerunning the command resumes. Any config key is also "
+                                   "a flag: --train.tau 0.5, --rdpo.filter_not_better true.")
+    p.add_argument("config_file", nargs="?", help="rDPO YAML config, e.g. configs/rdpo_safety.yaml (same as -c)")
+    p.add_argument("--resume", action="store_true", help="continue training from the last checkpoint")
+    add_config_flags(p, rdpo_keys(), {
+        "run-dir": "run_dir", "model": "model.name",
+        "variant": ("rdpo.variant", f"{' | '.join(VARIANTS)} (= --rdpo.variant)"),
+        "limit": ("critique.limit", "first N prompts (= --critique.limit)")},
+        config_help="rDPO YAML config (any key below can also be given as a flag)")
+    add_set_alias(p)
+
+
+def add_critique_parser(sub) -> None:
+    p = sub.add_parser("critique", help="rDPO data: teacher answer, critique and revision per prompt",
+                       description="rDPO data: for each prompt the teacher answers, critiques its answer "
+                                   "against the preset's principle and revises it; writes critique.jsonl "
+                                   "in the run directory (resumable). Any config key is also a flag: "
+                                   "--critique.max_new_tokens 64.")
+    p.add_argument("config_file", nargs="?", help="rDPO YAML config, its critique section is used (same as -c)")
+    add_config_flags(p, rdpo_keys(), {
+        "preset": ("critique.preset", f"one of {', '.join(preset_names())} or a preset .yaml file"),
+        "teacher": ("critique.teacher", "teacher spec: transformers | openai:MODEL@BASE_URL | http://HOST/v1"),
+        "model": ("model.name", "student/teacher model when no teacher is given (default: bundled)"),
+        "limit": ("critique.limit", "first N prompts (= --critique.limit)"),
+        "run-dir": ("run_dir", "where critique.jsonl goes")},
+        config_help="rDPO YAML config (any key below can also be given as a flag)")
+    add_set_alias(p)
+
+
+def main_rdpo(args: argparse.Namespace) -> int:
+    from negalign.recipes.rdpo import run_rdpo
+
+    out = run_rdpo(settings_from_args(args), resume=args.resume)
+    print(f"rdpo: model saved to {out}")
+    return 0
+
+
+def main_critique(args: argparse.Namespace) -> int:
+    from negalign.recipes.rdpo import stage_critique
+
+    settings = settings_from_args(args)
+    rows = stage_critique(settings)
+    print(f"critique: wrote {len(rows)} rows to {Path(settings.cfg.run_dir) / settings.critique.output}")
+    return 0
