@@ -26,8 +26,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
+# Under a minute: in-process tests only (no real default model, no child processes, no multi-process
+# launch, no multi-stage tiny-model training runs beyond one smoke run). `make test` runs everything.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow and not multiprocess and not subprocess and not e2e" tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

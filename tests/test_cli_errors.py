@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess  # each case runs the real CLI in a child process
+
 BAD = Path(__file__).parent / "data" / "bad"
 EXPECTED = json.loads((BAD / "EXPECTED.json").read_text(encoding="utf-8"))
 ITEMS = sorted(k for k in EXPECTED if not k.startswith("_"))

@@ -86,6 +86,7 @@ def run_config(tmp_path, tiny_model_dir):
                             reference={"batch_tokens": 64}, train={})
 
 
+@pytest.mark.multiprocess
 def test_two_processes_equal_one_process(run_config, tmp_path):
     """Sharded sampling, sharded scoring and DDP training (2 gloo processes) against one process.
 
@@ -155,6 +156,7 @@ sys.exit(0 if worst < 1e-5 else 1)
 '''
 
 
+@pytest.mark.multiprocess
 def test_fsdp2_grouped_forward_and_chunked_head_match_one_process(tmp_path, tiny_model_dir):
     """torch FSDP2 (fully_shard per decoder layer + root) on gloo: the grouped forward, the
     hooked decoder output and the checkpointed chunked head give one process's gradients."""

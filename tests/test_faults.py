@@ -22,7 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow  # 15 CLI processes: about 2 minutes idle, 6 on a loaded 2-core machine
+# 15 CLI processes: about 2 minutes idle, 6 on a loaded 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 N_PROMPTS = 8
 STEPS = 6

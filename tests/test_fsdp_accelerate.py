@@ -86,6 +86,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model/model.safetensors"))
 
 
+@pytest.mark.multiprocess
 def test_accelerate_fsdp_train_checkpoint_resume_and_gathered_model(run_config, tmp_path):
     single = tmp_path / "single"
     cfg = load_config(run_config, {"run_dir": str(single)})

@@ -97,6 +97,7 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.e2e
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cfg, tmp_path):
     model, tok, data = _train_data(cfg)
     straight = tmp_path / "straight"
@@ -126,6 +127,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cfg, tmp_path):
     assert steps == list(range(1, 7))  # nothing logged twice
 
 
+@pytest.mark.e2e
 def test_activation_checkpointing_trains_to_the_same_weights_and_may_be_switched_on_at_resume(cfg, tmp_path):
     model, tok, data = _train_data(cfg)
     cfg_a = config_from_dict({**cfg.to_dict(), "run_dir": str(tmp_path / "plain")})
@@ -148,6 +150,7 @@ def test_activation_checkpointing_trains_to_the_same_weights_and_may_be_switched
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_lora_training_saves_a_merged_model(cfg):
     cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "lora": {"enabled": True, "r": 4}}})
     out = d2o.stage_all(cfg, log=lambda *_: None)
@@ -158,6 +161,7 @@ def test_lora_training_saves_a_merged_model(cfg):
     assert changed, "LoRA training changed nothing"
 
 
+@pytest.mark.e2e
 def test_online_resampling_replaces_anchors(cfg):
     cfg = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "online": {"every": 2}}})
     d2o.stage_all(cfg, log=lambda *_: None)
@@ -166,6 +170,7 @@ def test_online_resampling_replaces_anchors(cfg):
     assert all(len(r["anchors"]) == 2 for r in rows)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["npo", "simnpo", "ga", "dpo_instance", "sft_anchors", "d2o_no_anchors"])
 def test_every_baseline_trains(cfg, method):
     cfg = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "method": method, "epochs": 1}})

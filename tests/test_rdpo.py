@@ -174,6 +174,7 @@ def test_pair_train_data_layout(tokenizer, tiny_model, tmp_path):
     assert float(g.label[0]) == pytest.approx(0.8)
 
 
+@pytest.mark.e2e
 def test_end_to_end_rdpo_on_tiny_model(tiny_model_dir, tmp_path):
     config = {
         "run_dir": str(tmp_path / "run"),

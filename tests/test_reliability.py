@@ -252,6 +252,7 @@ def test_openai_wrong_key_error_does_not_echo_the_key(tmp_path, key_server, monk
     assert wrong not in str(info.value) and FAKE_KEY not in str(info.value)
 
 
+@pytest.mark.subprocess
 def test_cli_sample_with_openai_backend_keeps_key_out(tmp_path, key_server):
     run_dir = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", NEGALIGN_TEST_API_KEY=FAKE_KEY)
@@ -277,6 +278,7 @@ def test_run_dir_under_a_file_fails_before_anything_loads(tmp_path):
         d2o.stage_sample(cfg, log=lambda *_: None)
 
 
+@pytest.mark.subprocess
 def test_cli_run_dir_under_a_file_one_line(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("x")

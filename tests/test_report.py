@@ -110,6 +110,7 @@ def test_report_accepts_eval_json_and_train_only_runs(tmp_path):
         rp.build_report([tmp_path / "missing"], tmp_path / "r3")
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(runs, tmp_path):
     html_path = rp.build_report(runs, tmp_path / "report")["html"]
