@@ -194,3 +194,11 @@ def test_config_and_parser_modules_import_nothing_heavy_at_module_level(heavy):
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(2, len(parts))]  # parent packages run first
     assert not loaded, f"{heavy} at import time of the CLI's light modules:\n" + "\n".join(loaded)
+
+
+def test_every_package_has_an_init():
+    """setuptools' find_packages skips folders without __init__.py: an installed wheel would miss them."""
+    missing = sorted(str(d.relative_to(ROOT)) for d in PACKAGE.rglob("*")
+                     if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))
+                     and not (d / "__init__.py").exists())
+    assert not missing, f"packages without __init__.py: {missing}"

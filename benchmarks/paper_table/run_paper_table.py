@@ -13,9 +13,9 @@ Shared work is done once:
   its meta and, where the groups are identical, reference.safetensors (keyed by a fingerprint of
   the models and token ids, so a copy that does not match is simply recomputed);
 - K=1 and K=4 runs take the first 1 / 4 of those anchors, with a meta written for that k (marked
-  "derived_from_k": 8) so stages/sample.check_meta accepts it;
+  "derived_from_k": 8) so the anchors pin (training/anchors.py) accepts it;
 - the reference model's greedy benign replies are generated once (reference evaluation) and copied
-  into each evaluation's generation cache under the same key evaluate.py computes.
+  into each evaluation's generation cache under the same key evaluation/generations.py computes.
 """
 
 from __future__ import annotations

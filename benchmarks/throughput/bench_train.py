@@ -7,9 +7,10 @@
 A D2O group is one prompt, K anchors and one negative. The systems train on the same groups, the
 same model weights, the same precision (fp32 master weights, bf16 autocast by default):
 
-- negalign:  the pipeline's step (stages/train.py: batch_logps -> compute_objective("d2o") ->
-             backward -> clip 1.0 -> AdamW); one packed row per group (prompt once, block mask),
-             reference log-probs precomputed before training as `negalign reference` does.
+- negalign:  the pipeline's own step, imported (negalign.training.step.train_step: batch_logps ->
+             compute_objective("d2o") -> backward -> clip 1.0 -> AdamW); one packed row per group
+             (prompt once, per-segment attention), reference log-probs precomputed before training as
+             `negalign reference` does.
 - negalign-ac: the same with train.activation_checkpointing (each decoder layer recomputed in backward).
 - trl-pre:   TRL DPOTrainer over the K (anchor, negative) pairs of each group (2K sequences, each
              repeating the prompt), precompute_ref_log_probs=True, gradient_checkpointing=False.
@@ -103,14 +104,13 @@ def _load(folder: str, device: str):
 
 
 def child_negalign(args) -> dict:
-    import contextlib
-
     import torch
+    from accelerate import Accelerator
 
+    from negalign.modeling.inference import autocast
     from negalign.modeling.logprobs import group_logprobs
     from negalign.training.reference import ReferenceScores, split_columns
-    from negalign.training.step import TrainData, batch_logps, fused_adamw_applies
-    from negalign.objectives.registry import compute_objective
+    from negalign.training.step import StepSettings, TrainData, make_optimizer, train_step
 
     model, tok = _load(args.folder, args.device)
     n_steps = args.warmup + args.steps
@@ -118,16 +118,11 @@ def child_negalign(args) -> dict:
     k = args.k
     dev = torch.device(args.device)
 
-    def autocast():
-        if args.precision == "bf16":
-            return torch.autocast(dev.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     # Reference log-probs, computed once before training (as `negalign reference` does).
     _sync(args.device)
     t0 = time.perf_counter()
     model.eval()
-    with torch.inference_mode(), autocast():
+    with torch.inference_mode(), autocast(dev, args.precision):
         lp, ln = group_logprobs(model, groups, chunk_tokens=args.chunk_tokens)
     ref = ReferenceScores(*split_columns(lp, ln, [k + 1] * len(groups), k))
     _sync(args.device)
@@ -139,8 +134,13 @@ def child_negalign(args) -> dict:
     model.train()
     data = TrainData(groups=groups, n_anchors=k, reference=ref)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-6, fused=fused_adamw_applies(params, None))  # as stages/train.py
-    hp = {"beta": 0.1, "alpha": 0.1, "delta": 0.0, "tau": 1.0}
+    # The pipeline's own step (negalign.training.step) on a single-process Accelerator: one forward per
+    # step (micro_groups = groups per step), clipping at 1.0, fused AdamW where it applies.
+    accelerator = Accelerator(cpu=not args.device.startswith("cuda"))
+    opt = make_optimizer(params, lr=1e-6, weight_decay=0.01, accelerator=accelerator)
+    settings = StepSettings(method="d2o", hp={"beta": 0.1, "alpha": 0.1, "delta": 0.0, "tau": 1.0},
+                            micro_groups=args.groups_per_step, chunk_tokens=args.chunk_tokens, grouped=True,
+                            precision=args.precision, max_grad_norm=1.0)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -148,12 +148,7 @@ def child_negalign(args) -> dict:
         idx = list(range(step * args.groups_per_step, (step + 1) * args.groups_per_step))
         _sync(args.device)
         t0 = time.perf_counter()
-        lps = batch_logps(model, data, idx, "d2o", chunk_tokens=args.chunk_tokens, grouped=True, autocast=autocast)
-        losses, _ = compute_objective("d2o", lps, hp)
-        losses.mean().backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, opt, params, data, idx, settings, accelerator)
         _sync(args.device)
         times.append(time.perf_counter() - t0)
     fed = sum(len(g.prompt_ids) + sum(len(r) for r in g.response_ids) for g in groups) / len(groups)
