@@ -45,6 +45,16 @@ class Pin:
                                path=None if path is None else str(path))
 
 
+class _File:
+    """A path below the run directory, read as `run.name` (the class attribute gives the descriptor)."""
+
+    def __init__(self, relative: str):
+        self.relative = relative
+
+    def __get__(self, run: "RunDir | None", owner=None):
+        return self if run is None else run.root / self.relative
+
+
 class RunDir:
     """The files of one run, by role. Paths only: nothing is created until a stage writes."""
 
@@ -57,24 +67,24 @@ class RunDir:
     def __truediv__(self, name: str) -> Path:
         return self.root / name
 
-    # ------------------------------------------------------------ paths
-    config = property(lambda self: self.root / "config.yaml")
-    examples = property(lambda self: self.root / "data" / "examples.jsonl")
-    examples_meta = property(lambda self: self.root / "data" / "examples.meta.json")
-    anchors = property(lambda self: self.root / "anchors.jsonl")
-    anchors_meta = property(lambda self: self.root / "anchors.meta.json")
-    online_anchors = property(lambda self: self.root / "anchors.online.jsonl")
-    reference = property(lambda self: self.root / "reference.safetensors")
-    reference_partial = property(lambda self: self.root / "reference.partial")
-    train_dir = property(lambda self: self.root / "train")
-    metrics = property(lambda self: self.root / "train" / "metrics.jsonl")
-    checkpoints = property(lambda self: self.root / "train" / "checkpoints")
-    done = property(lambda self: self.root / "train" / "done.json")
-    model = property(lambda self: self.root / "model")
-    eval_dir = property(lambda self: self.root / "eval")
-    pairs = property(lambda self: self.root / "pairs.jsonl")
-    pairs_dropped = property(lambda self: self.root / "pairs.dropped.jsonl")
-    pairs_stats = property(lambda self: self.root / "pairs.stats.json")
+    # ------------------------------------------------------------ paths (relative to the root)
+    config = _File("config.yaml")                      # the settings used (a snapshot)
+    examples = _File("data/examples.jsonl")            # the examples the run used
+    examples_meta = _File("data/examples.meta.json")   # ... and the data settings that made them
+    anchors = _File("anchors.jsonl")                   # K anchors per prompt, appended as sampled
+    anchors_meta = _File("anchors.meta.json")          # ... and the sampling settings
+    online_anchors = _File("anchors.online.jsonl")     # anchors resampled during online D2O
+    reference = _File("reference.safetensors")         # cached reference log-probs
+    reference_partial = _File("reference.partial")     # their batches while being scored
+    train_dir = _File("train")
+    metrics = _File("train/metrics.jsonl")             # one row per optimizer step
+    checkpoints = _File("train/checkpoints")           # step-NNNNNNN/ folders
+    done = _File("train/done.json")                    # the done marker of training
+    model = _File("model")                             # the trained model folder
+    eval_dir = _File("eval")                           # `negalign evaluate RUN_DIR` writes here
+    pairs = _File("pairs.jsonl")                       # rDPO: kept pairs, dropped ones, their stats
+    pairs_dropped = _File("pairs.dropped.jsonl")
+    pairs_stats = _File("pairs.stats.json")
 
     @staticmethod
     def meta_beside(path: Path) -> Path:

@@ -25,43 +25,46 @@ def settings_from_args(args: argparse.Namespace) -> RdpoSettings:
     return load_rdpo_config(getattr(args, "config_file", None) or getattr(args, "config", None), overrides)
 
 
-def add_set_alias(p: argparse.ArgumentParser) -> None:
-    """`--set SECTION.KEY=VALUE`, kept one release for old scripts (it warns)."""
+def _rdpo_flags(p: argparse.ArgumentParser, shortcuts: dict) -> None:
+    """-c, the short flags, every rDPO config key as `--section.key`, and the deprecated `--set
+    SECTION.KEY=VALUE` (kept one release for old scripts; it warns)."""
+    add_config_flags(p, rdpo_keys(), shortcuts,
+                     config_help="rDPO YAML config (any key below can also be given as a flag)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="deprecated: write --SECTION.KEY VALUE")
 
 
+def _command(sub, name: str, text: str, description: str, config_file: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=text, description=description)
+    p.add_argument("config_file", nargs="?", help=f"rDPO YAML config{config_file} (same as -c)")
+    return p
+
+
 def add_rdpo_parser(sub) -> None:
-    p = sub.add_parser("rdpo", help="rDPO end to end: critique, score, pairs, train (one YAML config)",
-                       description="rDPO end to end from one YAML config: teacher critique and revision, "
-                                   "scoring, soft-labelled pairs, DPO training. Every stage is cached in the "
-                                   "run directory, so rerunning the command resumes. Any config key is also "
-                                   "a flag: --train.tau 0.5, --rdpo.filter_not_better true.")
-    p.add_argument("config_file", nargs="?", help="rDPO YAML config, e.g. configs/rdpo_safety.yaml (same as -c)")
+    p = _command(sub, "rdpo", "rDPO end to end: critique, score, pairs, train (one YAML config)",
+                 "rDPO end to end from one YAML config: teacher critique and revision, scoring, soft-labelled "
+                 "pairs, DPO training. Every stage is cached in the run directory, so rerunning the command "
+                 "resumes. Any config key is also a flag: --train.tau 0.5, --rdpo.filter_not_better true.",
+                 ", e.g. configs/rdpo_safety.yaml")
     p.add_argument("--resume", action="store_true", help="continue training from the last checkpoint")
-    add_config_flags(p, rdpo_keys(), {
+    _rdpo_flags(p, {
         "run-dir": "run_dir", "model": "model.name",
         "variant": ("rdpo.variant", f"{' | '.join(VARIANTS)} (= --rdpo.variant)"),
-        "limit": ("critique.limit", "first N prompts (= --critique.limit)")},
-        config_help="rDPO YAML config (any key below can also be given as a flag)")
-    add_set_alias(p)
+        "limit": ("critique.limit", "first N prompts (= --critique.limit)")})
 
 
 def add_critique_parser(sub) -> None:
-    p = sub.add_parser("critique", help="rDPO data: teacher answer, critique and revision per prompt",
-                       description="rDPO data: for each prompt the teacher answers, critiques its answer "
-                                   "against the preset's principle and revises it; writes critique.jsonl "
-                                   "in the run directory (resumable). Any config key is also a flag: "
-                                   "--critique.max_new_tokens 64.")
-    p.add_argument("config_file", nargs="?", help="rDPO YAML config, its critique section is used (same as -c)")
-    add_config_flags(p, rdpo_keys(), {
+    p = _command(sub, "critique", "rDPO data: teacher answer, critique and revision per prompt",
+                 "rDPO data: for each prompt the teacher answers, critiques its answer against the preset's "
+                 "principle and revises it; writes critique.jsonl in the run directory (resumable). Any "
+                 "config key is also a flag: --critique.max_new_tokens 64.",
+                 ", its critique section is used")
+    _rdpo_flags(p, {
         "preset": ("critique.preset", f"one of {', '.join(preset_names())} or a preset .yaml file"),
         "teacher": ("critique.teacher", "teacher spec: transformers | openai:MODEL@BASE_URL | http://HOST/v1"),
         "model": ("model.name", "student/teacher model when no teacher is given (default: bundled)"),
         "limit": ("critique.limit", "first N prompts (= --critique.limit)"),
-        "run-dir": ("run_dir", "where critique.jsonl goes")},
-        config_help="rDPO YAML config (any key below can also be given as a flag)")
-    add_set_alias(p)
+        "run-dir": ("run_dir", "where critique.jsonl goes")})
 
 
 def main_rdpo(args: argparse.Namespace) -> int:
