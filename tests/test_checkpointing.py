@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
+from negalign.base.errors import UserError
 from negalign.modeling import segment_attention
 from negalign.modeling.activation_checkpointing import enable_activation_checkpointing
-from negalign.base.errors import UserError
 from negalign.modeling.logprobs import Group, group_logprobs
 
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from negalign.recipes.critique import (ERROR, OK, SKIPPED, CritiqueConfig, build_prompts, check_template, clean_reply,
-                               critique_counts, load_preset, preset_names, read_critiques, render, run_critique)
 from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
 from negalign.generation.transformers_backend import TransformersGenerator
+from negalign.recipes.critique import (ERROR, OK, SKIPPED, CritiqueConfig, build_prompts, check_template, clean_reply,
+                               critique_counts, load_preset, preset_names, read_critiques, render, run_critique)
 
 FAST = dict(max_new_tokens=6, critique_max_new_tokens=4, prompts_per_write=2)
 

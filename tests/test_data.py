@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from negalign.data.loaders import ColumnMapping, load_examples, save_examples, validate_file
+from negalign.base.errors import UserError
 from negalign.data.dataset_presets import parse_hh_transcript, RowProblem
+from negalign.data.loaders import ColumnMapping, load_examples, save_examples, validate_file
 from negalign.data.records import Example, normalize_prompt, prompt_key
 from negalign.data.split import split_by_prompt
-from negalign.base.errors import UserError
 
 BAD = Path(__file__).parent / "data" / "bad"
 EXPECTED = json.loads((BAD / "EXPECTED.json").read_text(encoding="utf-8"))

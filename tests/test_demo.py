@@ -1,7 +1,7 @@
 """The demo's config is valid and its table states the claim and the bound honestly."""
 
-from negalign.recipes.demo import demo_config
 from negalign.evaluation.before_after import format_table, verdict
+from negalign.recipes.demo import demo_config
 
 
 def _table(after_logp, after_ppl):

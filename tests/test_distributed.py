@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from negalign.recipes import d2o
 from negalign.base import distributed
 from negalign.config import load_config
+from negalign.recipes import d2o
 from negalign.training.schedule import local_share
 from launch_helpers import free_port, launch_env, write_run_config
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from negalign.data import eval_sets
 from negalign.base.errors import UserError
+from negalign.data import eval_sets
 
 
 def _check(rows, n):

@@ -99,8 +99,8 @@ def run_with_kills(stage: str, model_dir: Path, run_dir: Path, kills: int, total
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_model_dir):
     """The same three stages in this process, never interrupted."""
-    from negalign.recipes import d2o
     from negalign.config import load_config
+    from negalign.recipes import d2o
 
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     cfg = load_config(None, overrides(tiny_model_dir, run_dir))

@@ -22,13 +22,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from negalign.recipes import d2o
 from negalign.base import distributed
-from negalign.config import load_config
 from negalign.base.errors import UserError
+from negalign.config import load_config
 from negalign.modeling.loading import load_model
-from negalign.training.reference import run_reference
+from negalign.recipes import d2o
 from negalign.training.anchors import run_sample
+from negalign.training.reference import run_reference
 from launch_helpers import free_port, launch_env, toy_examples, write_run_config
 
 ROOT = Path(__file__).resolve().parents[1]

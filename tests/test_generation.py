@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 import torch
 
-from negalign.data.chat import encode_prompt
 from negalign.base.errors import UserError
+from negalign.data.chat import encode_prompt
 from negalign.generation.base import GenerationConfig
 from negalign.generation.factory import make_generator, parse_spec
 from negalign.generation.openai_backend import OpenAIChatGenerator

@@ -11,11 +11,11 @@ import json
 import pytest
 import torch
 
-from negalign.recipes import d2o
-from negalign.training.examples import run_examples
 from negalign.config import config_from_dict
 from negalign.evaluation.metrics import response_logprobs
 from negalign.modeling.loading import load_model
+from negalign.recipes import d2o
+from negalign.training.examples import run_examples
 
 pytestmark = pytest.mark.slow
 

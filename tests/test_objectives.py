@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from negalign.objectives import losses
 from negalign.base.errors import UserError
+from negalign.objectives import losses
 from negalign.objectives.registry import DEFAULT_HP, OBJECTIVES, GroupLogps, compute_objective
 
 PA = [[-10.0, -12.5, -9.0], [-20.0, -18.0, -25.0], [-5.0, -6.0, -7.0]]

@@ -10,17 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from negalign.recipes import d2o
-from negalign.training.groups import training_groups
-from negalign.training.examples import run_examples
+from negalign.base.errors import UserError
 from negalign.config import config_from_dict, load_config
 from negalign.data.loaders import save_examples
 from negalign.data.records import Example
-from negalign.base.errors import UserError
 from negalign.modeling.loading import load_model
-from negalign.training.step import TrainData
+from negalign.recipes import d2o
 from negalign.training.checkpoints import list_checkpoints
+from negalign.training.examples import run_examples
+from negalign.training.groups import training_groups
 from negalign.training.loop import run_train
+from negalign.training.step import TrainData
 
 
 def _examples():

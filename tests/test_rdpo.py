@@ -151,9 +151,9 @@ def test_pair_train_data_layout(tokenizer, tiny_model, tmp_path):
     from negalign.training.step import batch_logps
 
     s = rdpo_settings_from_dict({"run_dir": str(tmp_path), "train": {"precision": "fp32"}})
-    from negalign.training.groups import Tokenizer, build_groups, group_index
-    from negalign.recipes.rdpo import pair_examples
     from negalign.modeling.inference import score_groups
+    from negalign.recipes.rdpo import pair_examples
+    from negalign.training.groups import Tokenizer, build_groups, group_index
     from negalign.training.reference import ReferenceScores
 
     pairs = [{"id": "a", "prompt": [{"role": "user", "content": "hi"}], "chosen": "good", "rejected": "bad",

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from negalign.recipes import d2o
-from negalign.training.models import load_plain
-from negalign.training.groups import training_groups
-from negalign.training.examples import run_examples
+from negalign.base.errors import UserError
+from negalign.base.io import atomic_path, check_writable_dir, JsonlAppender, write_text
 from negalign.config import load_config
 from negalign.data.chat import encode_prompt, encode_response
 from negalign.data.records import Example, normalize_prompt
-from negalign.base.errors import UserError
-from negalign.base.io import atomic_path, check_writable_dir, JsonlAppender, write_text
+from negalign.recipes import d2o
+from negalign.training.examples import run_examples
+from negalign.training.groups import training_groups
+from negalign.training.models import load_plain
 
 FAKE_KEY = "sk-negalign-test-4f9c2e1b7a6d5c3e8f0a"
 

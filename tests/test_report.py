@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from negalign.evaluation import report as rp
 from negalign.base.errors import UserError
+from negalign.evaluation import report as rp
 from negalign.evaluation.stats import bootstrap_mean
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -147,8 +147,8 @@ def share_anchors(work: Path, run_dir: Path, k: int, sample_seed: int) -> None:
 
 
 def train_one(work: Path, name: str, overrides: dict, log) -> float:
-    from negalign.recipes import d2o
     from negalign.config import config_from_dict
+    from negalign.recipes import d2o
 
     values = run_settings(work, name, overrides)
     cfg = config_from_dict(values)
@@ -180,8 +180,8 @@ def seed_reference_replies(work: Path, out_dir: Path) -> None:
     dst = out_dir / "generations.jsonl"
     if not src.exists() or dst.exists():
         return
-    from negalign.evaluation.generations import generation_fingerprint
     from negalign.base.io import read_jsonl_tolerant, write_jsonl
+    from negalign.evaluation.generations import generation_fingerprint
 
     fp = generation_fingerprint("default", "model", EVAL["max_new_tokens"], 0.0, 0)
     rows = [r for r in read_jsonl_tolerant(src) if r["fp"] == fp and r["set"] == "benign"]

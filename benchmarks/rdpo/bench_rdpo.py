@@ -42,8 +42,8 @@ def settings_for(out: Path, variant: str, a) -> "RdpoSettings":  # noqa: F821
 
 def evaluate(model_dir: str, harmful, wrapped, benign, benign_answers, classifier, a) -> dict:
     from negalign.evaluation.metrics import greedy_replies, perplexity, rate, response_logprobs
-    from negalign.modeling.loading import load_model
     from negalign.evaluation.scorers import RefusalDetector
+    from negalign.modeling.loading import load_model
 
     model, tok = load_model(model_dir)
     det = RefusalDetector()
@@ -72,13 +72,13 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["rdpo", "dpo", "cdpo", "sft"])
     a = p.parse_args()
 
-    from negalign.recipes.critique import load_preset
     from negalign.data.eval_sets import ifbench_prompts, strongreject_prompts
     from negalign.data.records import normalize_prompt
     from negalign.evaluation.metrics import greedy_replies
-    from negalign.modeling.loading import load_model
-    from negalign.recipes.rdpo import make_pairs, stage_critique, stage_pairs, stage_train
     from negalign.evaluation.scorers.harm_classifier import HarmClassifier
+    from negalign.modeling.loading import load_model
+    from negalign.recipes.critique import load_preset
+    from negalign.recipes.rdpo import make_pairs, stage_critique, stage_pairs, stage_train
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

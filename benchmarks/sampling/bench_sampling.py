@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from negalign.base.io import write_json
 from negalign.data.chat import encode_prompt
 from negalign.generation.base import GenerationConfig
 from negalign.generation.transformers_backend import TransformersGenerator
-from negalign.base.io import write_json
 from negalign.modeling.loading import load_model
 
 

@@ -30,8 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from negalign.data.pyrit import PYRIT_VERSION, pyrit_labelled_rows
 from negalign.base.io import write_json, write_text
+from negalign.data.pyrit import PYRIT_VERSION, pyrit_labelled_rows
 from negalign.evaluation.scorers.harm_classifier import HarmClassifier, load_embedder, labelled_pairs
 from negalign.evaluation.scorers.judge import LLMJudge
 from negalign.evaluation.scorers.refusal import RefusalDetector

@@ -29,8 +29,8 @@ from bench_train import make_text_groups, token_groups  # noqa: E402
 def main() -> None:
     import torch
 
-    from negalign.modeling.logprobs import group_logprobs
     from negalign.modeling.loading import load_model
+    from negalign.modeling.logprobs import group_logprobs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--anchors", type=int, default=4)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from negalign.data.dataset_presets import PRESETS, RowProblem, RowRecord, check_prompt, check_response
-from negalign.data.records import Example, prompt_key
 from negalign.base.errors import UserError
 from negalign.base.io import write_jsonl
+from negalign.data.dataset_presets import PRESETS, RowProblem, RowRecord, check_prompt, check_response
+from negalign.data.records import Example, prompt_key
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf-disk", "hub")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",

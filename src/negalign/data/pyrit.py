@@ -26,9 +26,9 @@ import io
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from negalign.base.errors import UserError
 from negalign.data.records import Example, normalize_prompt, prompt_key
 from negalign.data.split import split_by_prompt
-from negalign.base.errors import UserError
 
 PYRIT_VERSION = "1.1.0"
 _GLOBS = {"harm": "harm/*.csv", "objective": "objective/*.csv", "refusal": "refusal_scorer/refusal*.csv"}

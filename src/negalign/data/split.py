@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
-from negalign.data.records import Example, prompt_key
 from negalign.base.errors import UserError
+from negalign.data.records import Example, prompt_key
 
 
 def _rank(seed: int, key: str) -> str:

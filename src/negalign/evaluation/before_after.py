@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from negalign.config import Config
 from negalign.evaluation.metrics import greedy_replies, logprob_shift, perplexity, rate, response_logprobs
 
@@ -19,8 +17,8 @@ def _held_out(cfg: Config):
 def before_after(cfg: Config, trained_dir: str | Path, *, log=print) -> dict:
     from negalign.data.eval_sets import ifbench_prompts
     from negalign.data.records import normalize_prompt
-    from negalign.modeling.loading import load_model
     from negalign.evaluation.scorers.refusal import RefusalDetector
+    from negalign.modeling.loading import load_model
 
     e = cfg.evaluate
     ref, tok = load_model(cfg.model.name)

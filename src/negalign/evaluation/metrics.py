@@ -14,8 +14,8 @@ import torch
 from negalign.data.chat import encode_prompt, encode_response
 from negalign.data.records import Messages
 from negalign.generation.base import GenerationConfig
-from negalign.modeling.logprobs import Group
 from negalign.modeling.inference import score_groups
+from negalign.modeling.logprobs import Group
 
 
 def response_logprobs(model, tokenizer, prompts: list[Messages], responses: list[str], *,

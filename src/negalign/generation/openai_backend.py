@@ -18,8 +18,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from negalign.data.records import Messages
 from negalign.base.errors import UserError
+from negalign.data.records import Messages
 from negalign.generation.base import GenerationConfig, check_config
 
 log = logging.getLogger("negalign.generation.openai")

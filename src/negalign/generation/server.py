@@ -16,8 +16,8 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from negalign.data.records import ROLES
 from negalign.base.errors import UserError
+from negalign.data.records import ROLES
 from negalign.generation.base import ChatGenerator, GenerationConfig
 
 log = logging.getLogger("negalign.generation.server")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from negalign.base.errors import UserError
 from negalign.data.chat import encode_prompt, end_of_turn_id
 from negalign.data.records import Messages
-from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig, check_config
 
 

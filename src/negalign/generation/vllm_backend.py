@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib.util
 import time
 
+from negalign.base.errors import UserError
 from negalign.data.chat import encode_prompt, end_of_turn_id
 from negalign.data.records import Messages
-from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig, check_config
 from negalign.generation.transformers_backend import GenerationStats
 

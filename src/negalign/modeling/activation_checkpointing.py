@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from negalign.modeling import segment_attention
 from negalign.base.errors import UserError
+from negalign.modeling import segment_attention
 
 
 def _run_layer(forward, config, *args, **kwargs):

@@ -246,8 +246,8 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
     `reference` (ReferenceScores of the same pairs) is reused when given; otherwise it is computed
     (and cached in the run directory) for the methods that need one.
     """
-    from negalign.training.groups import Tokenizer, build_groups, group_index
     from negalign.objectives.registry import get_objective
+    from negalign.training.groups import Tokenizer, build_groups, group_index
     from negalign.training.reference import run_reference
     from negalign.training.step import TrainData
 

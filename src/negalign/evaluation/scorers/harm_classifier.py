@@ -27,10 +27,10 @@ from typing import Iterable
 
 import numpy as np
 
-from negalign.data.records import Messages
-from negalign.base.fingerprint import fingerprint
 from negalign.base.errors import UserError
+from negalign.base.fingerprint import fingerprint
 from negalign.base.io import write_json
+from negalign.data.records import Messages
 
 FORMAT_VERSION = 1
 HARM_THRESHOLD = 0.5

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from negalign.data.records import Messages, normalize_prompt
 from negalign.base.errors import UserError
+from negalign.data.records import Messages, normalize_prompt
 
 
 def _plain_prompt(prompt: Messages) -> str:
