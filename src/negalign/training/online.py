@@ -22,7 +22,9 @@ from negalign.modeling.lora import is_lora
 from negalign.training.anchors import guided
 from negalign.training.groups import Tokenizer, build_groups
 from negalign.training.reference import split_columns
+from negalign.training.models import load_plain
 from negalign.training.schedule import step_indices, total_steps
+
 
 class OnlineResampler:
     def __init__(self, cfg: Config, tokenizer, examples, index, data, *, log=print, load_reference=None):
@@ -37,8 +39,6 @@ class OnlineResampler:
         if is_lora(policy) and same:
             return policy.disable_adapter(), policy
         if self._reference_model is None:
-            from negalign.training.models import load_plain
-
             spec = self.cfg.reference.anchor_model or self.cfg.model.name
             self._reference_model = (self.load_reference or (lambda s: load_plain(self.cfg, s)[0]))(spec)
         return contextlib.nullcontext(), self._reference_model
