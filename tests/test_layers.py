@@ -202,3 +202,37 @@ def test_every_package_has_an_init():
                      if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))
                      and not (d / "__init__.py").exists())
     assert not missing, f"packages without __init__.py: {missing}"
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def test_benchmarks_and_examples_import_public_names_that_exist():
+    """Benchmarks are not run by the tests: their imports of negalign are checked here, and they may
+    use public names only (a private helper they need is made public, not reached into)."""
+    bad = []
+    for path in sorted([*(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]):
+        for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("negalign"):
+                continue
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if node.module not in MODULES:
+                bad.append(f"{where}: no module {node.module}")
+                continue
+            names = _top_level_names(MODULES[node.module])
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    bad.append(f"{where}: private name {node.module}.{alias.name}")
+                elif alias.name not in names and f"{node.module}.{alias.name}" not in MODULES:
+                    bad.append(f"{where}: {node.module} has no {alias.name}")
+    assert not bad, "\n".join(bad)
