@@ -188,6 +188,43 @@ def test_through_ddp_wrapper(tiny_model, tokenizer, tmp_path):
     _assert_grads_close({k.removeprefix("module."): v for k, v in g_wrapped.items()}, g_plain, rel=1e-6)
 
 
+def _without_logits_to_keep(model):
+    """The same weights in a causal LM class whose forward rejects logits_to_keep (older models)."""
+    from transformers import LlamaForCausalLM
+
+    class NoLogitsToKeep(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            if "logits_to_keep" in kwargs:
+                raise TypeError("forward() got an unexpected keyword argument 'logits_to_keep'")
+            return super().forward(*args, **kwargs)
+
+    out = NoLogitsToKeep(model.config)
+    out.load_state_dict(model.state_dict())
+    return out
+
+
+def test_model_without_logits_to_keep_alone_or_wrapped(tiny_model, tokenizer, tmp_path):
+    """Unwrapped, its decoder gives the same numbers; under DDP the bypass would skip the gradient
+    sync, so it is an error, not a silent fallback."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    groups = _groups(tokenizer.eos_token_id)
+    weights = torch.randn(3, 4)
+    old = _without_logits_to_keep(tiny_model)
+    expected, _, g_expected = _weighted_backward(tiny_model, groups, "grouped", weights)
+    got, _, g_got = _weighted_backward(old, groups, "grouped", weights)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    _assert_grads_close(g_got, g_expected, rel=1e-6)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(UserError, match="does not take logits_to_keep.*bypass the DistributedDataParallel"):
+            group_logprobs(DistributedDataParallel(old), groups)
+        group_logprobs(DistributedDataParallel(tiny_model), groups)  # a model that takes it is fine
+    finally:
+        dist.destroy_process_group()
+
+
 def test_chunked_head_equals_full_logits(tiny_model):
     torch.manual_seed(3)
     head = tiny_model.get_output_embeddings()

@@ -284,8 +284,10 @@ def _final_hidden_states(model, decoder, **inputs) -> torch.Tensor:
     except TypeError as e:
         if "logits_to_keep" not in str(e):
             raise
-        # A causal LM without logits_to_keep would build full logits: call its decoder directly
-        # (fine for a plain or peft-LoRA model; not synchronised under DDP).
+        # A causal LM without logits_to_keep would build full logits. Its decoder alone is the same
+        # computation for a plain or peft-LoRA model (the adapters sit inside the decoder's layers),
+        # but calling it would bypass a DDP/FSDP wrapper: refuse that instead of unsynchronised grads.
+        _check_decoder_bypass(model)
         captured.clear()
         decoder(**inputs, use_cache=False)
     finally:
@@ -294,6 +296,24 @@ def _final_hidden_states(model, decoder, **inputs) -> torch.Tensor:
         raise UserError(f"expected one decoder call per forward, saw {len(captured)}; use method='naive'",
                         field="model")
     return captured[0]
+
+
+def _check_decoder_bypass(model) -> None:
+    """Calling the decoder directly is safe only when no wrapper's forward would be skipped."""
+    wrapper = None
+    if unwrap_model(model) is not model:
+        wrapper = type(model).__name__
+    else:
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:  # a torch without distributed support: nothing can be sharded
+            FSDPModule = ()
+        if any(isinstance(m, FSDPModule) for m in model.modules()):
+            wrapper = "FSDP (fully_shard)"
+    if wrapper is not None:
+        raise UserError(f"{type(unwrap_model(model)).__name__}.forward does not take logits_to_keep, and calling "
+                        f"its decoder directly would bypass the {wrapper} wrapper (gradients not synchronised); "
+                        f"use method='naive' or a model class that takes logits_to_keep", field="method")
 
 
 # ---------------------------------------------------------------- decoder and head of a causal LM
