@@ -30,15 +30,15 @@ class Recording:
 class Scripted:
     """A teacher whose reply depends on the conversation: '' or an exception for marked prompts."""
 
-    def __init__(self, empty_marker: str, fail_marker: str | None):
-        self.empty_marker, self.fail_marker = empty_marker, fail_marker
+    def __init__(self, empty_marker: str, fail_marker: str | None, error=ConnectionError("teacher down")):
+        self.empty_marker, self.fail_marker, self.error = empty_marker, fail_marker, error
 
     def generate(self, conversations, config):
         out = []
         for conv in conversations:
             first = conv[0]["content"]
             if self.fail_marker and self.fail_marker in first:
-                raise ConnectionError("teacher down")
+                raise self.error
             empty = self.empty_marker in first and len(conv) == 1
             out.append(["" if empty else f"reply to turn {len(conv)}"])
         return out
@@ -164,6 +164,55 @@ def test_empty_and_failing_teacher_are_recorded_not_fatal(tmp_path):
     assert len(read_critiques(path)) == 4
 
 
+class Short:
+    """A teacher that returns one reply too few for a batch: a malformed reply, not a bug of ours."""
+
+    def generate(self, conversations, config):
+        return [["reply"]] * (len(conversations) - 1)
+
+
+def test_only_teacher_failures_become_error_rows(tmp_path):
+    """A bug (here a KeyError) stops the run with its traceback instead of becoming a row error;
+    a malformed reply is the teacher's failure and becomes one."""
+    preset = load_preset(_preset_file(tmp_path, ["fine one", "FAIL now"]))
+    prompts = build_prompts(preset)
+    quiet = lambda *_: None  # noqa: E731
+    with pytest.raises(KeyError, match="bug"):
+        run_critique(prompts, preset, Scripted("EMPTY", "FAIL", KeyError("bug")), CritiqueConfig(),
+                     tmp_path / "a.jsonl", teacher_desc="s", log=quiet)
+    assert read_critiques(tmp_path / "a.jsonl") == {}
+    rows = run_critique(prompts, preset, Short(), CritiqueConfig(), tmp_path / "b.jsonl", teacher_desc="s", log=quiet)
+    assert [r["status"] for r in rows] == [ERROR, ERROR]
+    assert rows[0]["reason"].startswith("teacher_error: TeacherReplyError: teacher returned list of length 0")
+    import torch
+
+    oom = Scripted("EMPTY", "FAIL", torch.OutOfMemoryError("CUDA out of memory"))
+    rows = run_critique(prompts, preset, oom, CritiqueConfig(), tmp_path / "c.jsonl", teacher_desc="s", log=quiet)
+    assert [r["status"] for r in rows] == [OK, ERROR] and "OutOfMemoryError" in rows[1]["reason"]
+
+
+def test_critique_command_exit_code_and_counts(tmp_path, monkeypatch, capsys):
+    """Some prompts ok: exit 0 and the counts; none ok: exit 2 with one line naming the file."""
+    from negalign.cli.main import main
+    from negalign.recipes import rdpo
+
+    preset = _preset_file(tmp_path, ["fine one", "FAIL now", "EMPTY please"])
+    monkeypatch.setattr(rdpo, "_teacher", lambda settings: (Scripted("EMPTY", "FAIL"), "scripted"))
+    argv = ["critique", "--preset", preset, "--run-dir", str(tmp_path / "some")]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"critique: 1 of 3 prompts ok (1 ok, 1 teacher_error, 1 empty_original); rows in {tmp_path / 'some'}"
+        f"/critique.jsonl")
+    # "n" fails "fine one" and "FAIL now"; "EMPTY please" gets an empty answer
+    monkeypatch.setattr(rdpo, "_teacher", lambda settings: (Scripted("EMPTY", "n"), "scripted"))
+    assert main(["critique", "--preset", preset, "--run-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"negalign: error: {tmp_path / 'none'}/critique.jsonl: no prompt got an answer, critique and "
+                   f"revision from the teacher (0 ok, 2 teacher_error, 1 empty_original); each row's reason is "
+                   f"in the file, and a rerun retries the teacher errors"]
+    assert main(["critique", "--preset", preset, "--run-dir", str(tmp_path / "none")]) == 2  # still none
+
+
 def test_openai_teacher_against_real_local_server(tmp_path, tiny_model, tokenizer):
     from negalign.generation.openai_backend import OpenAIChatGenerator
     from negalign.generation.server import serve
@@ -205,7 +254,7 @@ def test_critique_command(tmp_path, tiny_model_dir, capsys):
     assert main_critique(args) == 0
     rows = read_critiques(tmp_path / "critique.jsonl")
     out = capsys.readouterr()
-    assert len(rows) == 1 and "wrote 1 rows" in out.out and "deprecated" not in out.err
+    assert len(rows) == 1 and "of 1 prompts ok" in out.out and "deprecated" not in out.err
     with pytest.raises(UserError, match="unknown preset"):
         main_critique(parser.parse_args(["critique", "--preset", "nope", "--run-dir", str(tmp_path / "x")]))
 

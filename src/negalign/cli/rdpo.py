@@ -76,9 +76,13 @@ def main_rdpo(args: argparse.Namespace) -> int:
 
 
 def main_critique(args: argparse.Namespace) -> int:
+    """Exit 0 when at least one prompt succeeded (the others' counts are printed); none is a UserError."""
+    from negalign.recipes.critique import OK, critique_counts, describe_counts
     from negalign.recipes.rdpo import stage_critique
 
     settings = settings_from_args(args)
     rows = stage_critique(settings)
-    print(f"critique: wrote {len(rows)} rows to {Path(settings.cfg.run_dir) / settings.critique.output}")
+    counts = critique_counts(rows)
+    print(f"critique: {counts[OK]} of {len(rows)} prompts ok ({describe_counts(counts)}); rows in "
+          f"{Path(settings.cfg.run_dir) / settings.critique.output}")
     return 0

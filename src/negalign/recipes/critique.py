@@ -12,8 +12,10 @@ persona, a stated stance, an injected role-play persona). Any key can be overrid
 
 critique.jsonl gets one row per prompt, written and fsynced chunk by chunk; a rerun skips the
 prompts already there, so an interrupted run resumes without loss or duplicates. Empty teacher
-output is recorded with its reason and skipped; a teacher that fails (server down after its
-retries, a crash in the backend) is recorded as an error and retried by the next run.
+output is recorded with its reason and skipped; a teacher that fails in an expected way (server
+down after its retries, an HTTP or I/O error, a malformed reply, out of memory) is recorded as an
+error and retried by the next run. Any other exception is a bug and stops the run. A run in which
+no prompt succeeded is an error (`require_success`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -279,6 +282,20 @@ def critique_settings(c: CritiqueConfig, preset: CritiquePreset, teacher: Any) -
 
 # ---------------------------------------------------------------- the teacher chat
 
+class TeacherReplyError(Exception):
+    """The teacher answered, but not with one reply per conversation."""
+
+
+def teacher_errors() -> tuple[type[BaseException], ...]:
+    """The failures of a teacher that are recorded per row (and retried by the next run): the
+    server's (UserError after its retries; OSError for connections, timeouts and files), a
+    malformed reply, and torch's out-of-memory. Anything else is a bug and propagates."""
+    errors: tuple[type[BaseException], ...] = (UserError, OSError, TeacherReplyError)
+    torch = sys.modules.get("torch")  # only a teacher that runs torch can run out of its memory
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return errors + (oom,) if isinstance(oom, type) else errors
+
+
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:here(?:'s| is) (?:the |my )?)?(?:revised|rewritten|new|improved|updated)"
                     r"(?: version of (?:the|my) )?(?: answer| response| reply)?(?:\*\*)?\s*:\s*(?:\*\*)?\s*",
                     re.IGNORECASE)
@@ -297,26 +314,28 @@ def _ask(teacher, conversations: list[Messages], config: GenerationConfig) -> li
     """One reply per conversation, or the exception that kept the teacher from giving one.
 
     A failing batch is retried one conversation at a time, so one bad prompt cannot sink the others.
+    Only `teacher_errors()` are caught; any other exception (a bug) propagates.
     """
     if not conversations:
         return []
+    expected = teacher_errors()
     try:
         return _replies(teacher.generate(conversations, config), len(conversations))
-    except Exception as e:  # noqa: BLE001 - any teacher failure is recorded, never fatal
+    except expected as e:
         if len(conversations) == 1:
             return [e]
     out: list[str | Exception] = []
     for conv in conversations:
         try:
             out.extend(_replies(teacher.generate([conv], config), 1))
-        except Exception as e:  # noqa: BLE001
+        except expected as e:
             out.append(e)
     return out
 
 
 def _replies(result, n: int) -> list[str]:
     if not isinstance(result, list) or len(result) != n:
-        raise ValueError(f"teacher returned {type(result).__name__} of length "
+        raise TeacherReplyError(f"teacher returned {type(result).__name__} of length "
                          f"{len(result) if hasattr(result, '__len__') else '?'} for {n} conversations")
     out = []
     for r in result:
@@ -404,8 +423,7 @@ def run_critique(prompts: list[CritiquePrompt], preset: CritiquePreset, teacher,
             log(f"critique: {sum(p.id in final for p in prompts)}/{len(prompts)} prompts "
                 f"({n_new / (time.perf_counter() - t0):.2f} prompts/s)")
     rows = [done[p.id] for p in prompts if p.id in done]
-    counts = critique_counts(rows)
-    log("critique: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    log(f"critique: {describe_counts(critique_counts(rows))}")
     return rows
 
 
@@ -415,6 +433,21 @@ def critique_counts(rows: list[dict]) -> dict[str, int]:
     for r in rows:
         key = OK if r["status"] == OK else (r["reason"] or r["status"]).split(":")[0]
         counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """'2 ok, 1 empty_original, 1 teacher_error'."""
+    return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def require_success(rows: list[dict], path: str | Path) -> dict[str, int]:
+    """The counts of `rows`; a UserError (one line, exit code 2) when not one prompt succeeded."""
+    counts = critique_counts(rows)
+    if counts[OK] == 0:
+        raise UserError(f"no prompt got an answer, critique and revision from the teacher "
+                        f"({describe_counts(counts) if rows else 'no rows'}); each row's reason is in the file, "
+                        f"and a rerun retries the teacher errors", path=str(path))
     return counts
 
 

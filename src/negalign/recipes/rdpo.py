@@ -30,7 +30,7 @@ from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
 from negalign.data.records import Example
 from negalign.recipes.critique import (OK, CritiqueConfig, build_prompts, critique_counts, make_teacher, preset_for,
-                                      read_critiques, run_critique, teacher_spec)
+                                      read_critiques, require_success, run_critique, teacher_spec)
 
 VARIANTS = ("rdpo", "dpo", "cdpo", "sft")
 
@@ -274,7 +274,9 @@ def prepare(settings: RdpoSettings) -> RunDir:
 
 def stage_critique(settings: RdpoSettings, *, teacher=None, exclude: set[str] | None = None,
                    log=print) -> list[dict]:
-    """critique.jsonl for the configured preset; `teacher` (a ChatGenerator) replaces the configured one."""
+    """critique.jsonl for the configured preset; `teacher` (a ChatGenerator) replaces the configured one.
+
+    Raises a UserError when not one prompt succeeded (require_success)."""
     run = prepare(settings)
     c = settings.critique
     preset = preset_for(c)
@@ -286,18 +288,22 @@ def stage_critique(settings: RdpoSettings, *, teacher=None, exclude: set[str] | 
     if all(p.id in done and done[p.id]["status"] != "error" for p in prompts):
         rows = [done[p.id] for p in prompts]
         log(f"critique: all {len(prompts)} prompts already done")
-        return rows
-    desc: Any
-    if teacher is None:
-        model = tok = None
-        if teacher_spec(c, settings.cfg.model.name).get("backend") in ("transformers", "auto"):
-            from negalign.training.models import load_plain
-
-            model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"))
-        teacher, desc = make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok)
     else:
-        desc = repr(teacher)
-    return run_critique(prompts, preset, teacher, c, path, teacher_desc=desc, log=log)
+        teacher, desc = _teacher(settings) if teacher is None else (teacher, repr(teacher))
+        rows = run_critique(prompts, preset, teacher, c, path, teacher_desc=desc, log=log)
+    require_success(rows, path)
+    return rows
+
+
+def _teacher(settings: RdpoSettings) -> tuple[Any, Any]:
+    """The configured teacher and its description; a local one shares the student's loading settings."""
+    c = settings.critique
+    model = tok = None
+    if teacher_spec(c, settings.cfg.model.name).get("backend") in ("transformers", "auto"):
+        from negalign.training.models import load_plain
+
+        model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"))
+    return make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok)
 
 
 def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=print) -> tuple[list[dict], PairStats]:
