@@ -173,6 +173,18 @@ def test_pair_train_data_layout(tokenizer, tiny_model, tmp_path):
     assert float(loss.detach()[0]) == pytest.approx(math.log(2), abs=1e-4)  # policy == reference: h = 0
     assert float(g.label[0]) == pytest.approx(0.8)
 
+    # At h = 0 every label gives log 2. With the reference 5 nats below the policy on the chosen
+    # answer and 5 above on the rejected one, h = 10 and beta h = 1: the label must reach the loss,
+    # -[p log sigmoid(1) + (1 - p) log sigmoid(-1)], for rDPO's p, cDPO's 1 - eps and DPO's 1.
+    shifted = ReferenceScores(lp[:, :1] - 5.0, ln[:, :1], lp[:, 1] + 5.0, ln[:, 1])
+    for variant, p in (("rdpo", 0.8), ("cdpo", 0.9), ("dpo", 1.0)):
+        data = pair_train_data(s.cfg, tokenizer, pairs, variant, 0.1, reference=shifted, log=lambda *_: None)
+        g = batch_logps(tiny_model, data, [0], "dpo_pairs", chunk_tokens=256, grouped=True,
+                        autocast=contextlib.nullcontext)
+        loss, _ = compute_objective("dpo_pairs", g, {"beta": 0.1})
+        expect = -(p * math.log(1 / (1 + math.exp(-1))) + (1 - p) * math.log(1 / (1 + math.exp(1))))
+        assert float(loss.detach()[0]) == pytest.approx(expect, abs=1e-4), variant
+
 
 @pytest.mark.e2e
 def test_end_to_end_rdpo_on_tiny_model(tiny_model_dir, tmp_path):
