@@ -122,13 +122,15 @@ def test_accelerate_fsdp_train_checkpoint_resume_and_gathered_model(run_config, 
         assert r2["tokens"] == r1["tokens"]
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5, abs=1e-6)
 
-    # Resume in a fresh launch from the step-2 sharded checkpoint: the same final weights.
+    # Resume in a fresh launch from the step-2 sharded checkpoint, with negalign's activation
+    # checkpointing on for steps 3-6 (recompute under FSDP2): the same final weights.
     resumed = tmp_path / "fsdp_resumed"
     _copy_inputs(single, resumed)
     shutil.copytree(full / "train/checkpoints/step-0000002", resumed / "train/checkpoints/step-0000002")
-    proc = _launch_fsdp(tmp_path, run_config, resumed, "--resume")
+    proc = _launch_fsdp(tmp_path, run_config, resumed, "--resume", "--train.activation_checkpointing", "true")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "train: resumed from step-0000002 (step 2/6)" in proc.stdout
+    assert "activation_checkpointing: true" in (resumed / "config.yaml").read_text()
     w3 = _weights(resumed)
     assert w3.keys() == w2.keys()
     for name in w2:
