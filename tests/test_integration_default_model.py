@@ -12,15 +12,27 @@ import pytest
 import torch
 
 from negalign.config import config_from_dict
-from negalign.evaluation.metrics import response_logprobs
+from negalign.data.chat import encode_prompt, encode_response
+from negalign.data.pyrit import bundled_negatives
+from negalign.modeling.inference import score_groups
 from negalign.modeling.loading import load_model
+from negalign.modeling.logprobs import Group
 from negalign.recipes import d2o
 from negalign.training.examples import run_examples
 
 pytestmark = pytest.mark.slow
 
+N_HELDOUT = 16  # held-out prompts scored before and after (their first negative, 48 tokens)
 
-def test_d2o_on_the_default_model_lowers_training_negatives(tmp_path):
+
+def _logprobs(model, tok, prompts, responses) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log pi(response | prompt) in fp32 and the token counts, one per pair."""
+    groups = [Group(encode_prompt(tok, p), [encode_response(tok, r, 48)[0]]) for p, r in zip(prompts, responses)]
+    lp, ln = score_groups(model, groups, batch_tokens=4096, precision="fp32", log=lambda *_: None)
+    return lp[:, 0], ln[:, 0]
+
+
+def test_d2o_on_the_default_model_lowers_training_and_heldout_negatives(tmp_path):
     cfg = config_from_dict({
         "run_dir": str(tmp_path / "run"),
         "data": {"source": "bundled", "limit": 4, "max_negatives_per_prompt": 1, "max_response_tokens": 48},
@@ -35,12 +47,20 @@ def test_d2o_on_the_default_model_lowers_training_negatives(tmp_path):
     rows = [json.loads(line) for line in (out.parent / "train" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 
-    examples = run_examples(cfg)
-    prompts = [ex.prompt for ex in examples]
-    negatives = [ex.negatives[0] for ex in examples]
     ref, tok = load_model("default")
     trained, _ = load_model(str(out))
-    before, _ = response_logprobs(ref, tok, prompts, negatives, max_response_tokens=48, precision="fp32")
-    after, _ = response_logprobs(trained, tok, prompts, negatives, max_response_tokens=48, precision="fp32")
-    # The trained negatives became less likely on average, by a clear margin (nats per sequence).
-    assert float((after - before).mean()) < -0.5
+    examples = run_examples(cfg)
+    heldout = bundled_negatives("heldout")[:N_HELDOUT]
+    assert not {ex.prompt_text for ex in heldout} & {ex.prompt_text for ex in examples}
+    shifts = {}
+    for name, exs in (("train", examples), ("heldout", heldout)):
+        prompts, negatives = [ex.prompt for ex in exs], [ex.negatives[0] for ex in exs]
+        before, _ = _logprobs(ref, tok, prompts, negatives)
+        after, _ = _logprobs(trained, tok, prompts, negatives)
+        shifts[name] = (after - before).double()
+    # Measured (2026-11-29): training negatives -34.3 nats each (4 of 4 lower), held-out negatives
+    # -1.5 (15 of 16 lower). Held-out human SAFE responses fell too (-1.2 nats, 13 of 16) at this
+    # scale, so this shows that the shift reaches unseen negatives, not that it is selective.
+    assert float(shifts["train"].mean()) < -5.0
+    assert float(shifts["heldout"].mean()) < -0.5, shifts["heldout"]
+    assert int((shifts["heldout"] < 0).sum()) >= 12, shifts["heldout"]
