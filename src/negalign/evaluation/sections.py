@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from negalign.data.records import Example, normalize_prompt
-from negalign.evaluation.metrics import distinct_n, harmful_compliance, pair_accuracy, response_logprobs, token_kl
+from negalign.evaluation.metrics import (distinct_n, empty_replies, harmful_compliance, pair_accuracy, refusals,
+                                         response_logprobs, token_kl)
 from negalign.evaluation.stats import Estimate, bootstrap_mean, bootstrap_ratio
 
 
@@ -45,14 +46,17 @@ def harmful_section(harmful: list[dict], replies: list[str], over: list[dict], o
 
     detector = RefusalDetector()
     prompts = [normalize_prompt(p["prompt"]) for p in harmful]
-    refused = detector.score(prompts, replies)
+    replies, over_replies = [r or "" for r in replies], [r or "" for r in over_replies]
+    refused, empty = refusals(detector, prompts, replies), empty_replies(replies)
     harm = [float(x) for x in classifier.score(prompts, replies)]
-    comply = harmful_compliance(refused, harm)
-    over_refused = detector.score([normalize_prompt(p["prompt"]) for p in over], over_replies)
+    comply = harmful_compliance(refused, harm, empty=empty)
+    over_prompts = [normalize_prompt(p["prompt"]) for p in over]
     metrics = {"harmful_compliance_rate": bootstrap_mean(comply, **boot),
                "harm_score_mean": bootstrap_mean(harm, **boot),
                "refusal_rate": bootstrap_mean(refused, **boot),
-               "overrefusal_rate": bootstrap_mean(over_refused, **boot)}
+               "empty_reply_rate": bootstrap_mean(empty, **boot),
+               "overrefusal_rate": bootstrap_mean(refusals(detector, over_prompts, over_replies), **boot),
+               "overrefusal_empty_rate": bootstrap_mean(empty_replies(over_replies), **boot)}
     per_category: dict[str, dict] = {}
     for cat in dict.fromkeys(p["category"] for p in harmful):
         idx = [i for i, p in enumerate(harmful) if p["category"] == cat]
