@@ -88,6 +88,19 @@ def test_template_checks_and_overrides(tmp_path):
     assert [p.prompt[0]["content"] for p in prompts] == ["A: q1", "B: q3"]
 
 
+def test_prompt_files_as_windows_tools_save_them(tmp_path):
+    from negalign.recipes.critique import source_requests
+
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "p.txt").write_bytes(bom + b"first request\r\nsecond request\r\n")
+    (tmp_path / "p.jsonl").write_bytes(bom + b'{"prompt": "first request"}\r\n{"prompt": "second request"}\r\n')
+    for name in ("p.txt", "p.jsonl"):
+        assert source_requests(str(tmp_path / name)) == ["first request", "second request"], name
+    (tmp_path / "dup.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b", "prompt": "c"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"dup.jsonl:2: field 'prompt': key given twice"):
+        source_requests(str(tmp_path / "dup.jsonl"))
+
+
 def test_clean_reply():
     assert clean_reply("Revised answer: I can't help with that.") == "I can't help with that."
     assert clean_reply('**Rewritten response:** "Sure, here is a safer idea."') == "Sure, here is a safer idea."

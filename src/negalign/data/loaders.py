@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -73,11 +74,21 @@ class _Where:
 
 
 # ---------------------------------------------------------------------------------------------
-# Readers: yield (where, row dict). Tabular readers first return their column names.
+# Bytes and text as common tools save them.
 
-def _check_not_empty(path: Path, data: bytes) -> None:
+_BOM = b"\xef\xbb\xbf"  # what Notepad, Excel's "CSV UTF-8" and many Windows tools write first
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes after a UTF-8 byte-order mark; empty and UTF-16 files are refused."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError("the file is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8",
+                        path=str(path), line=1)
+    data = data[len(_BOM):] if data.startswith(_BOM) else data
     if not data.strip():
         raise UserError("file is empty", path=str(path))
+    return data
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -89,9 +100,63 @@ def _decode(path: Path, data: bytes) -> str:
                         path=str(path), line=line) from None
 
 
+# Python's json keeps the last of two equal keys in an object without a word: one of the user's
+# values would be dropped. Such objects are refused, naming the key.
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        raise _DuplicateKey()
+    return obj
+
+
+def parse_json(text: str, path: str | os.PathLike, first_line: int = 1) -> Any:
+    """json.loads that refuses a key given twice in one object (a UserError naming it); JSON
+    syntax errors stay json.JSONDecodeError for the caller. `first_line`: where `text` starts."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        line, key = _first_duplicate_key(text)
+        raise UserError("key given twice in one JSON object; which value is meant is ambiguous",
+                        path=str(path), line=first_line + line - 1, field=key) from None
+
+
+# Strings and brackets: enough to walk the objects of text that json has already parsed.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:]')
+
+
+def _first_duplicate_key(text: str) -> tuple[int, str]:
+    """(1-based line, dotted key path) of the first key repeated within one object of valid JSON."""
+    frames: list[tuple[set | None, str]] = []   # open objects (keys so far) and arrays (None), named
+    key, prev = "", None
+    for m in _JSON_TOKEN.finditer(text):
+        tok = m.group()
+        if tok in "{[":
+            # a container is named by its key, an array's items by the array
+            name = key if prev is not None and prev.group() == ":" else (frames[-1][1] if frames else "")
+            frames.append((set() if tok == "{" else None, name))
+        elif tok in "}]":
+            frames.pop()
+        elif tok == ":":
+            key = json.loads(prev.group())
+            if key in frames[-1][0]:
+                names = [n for _, n in frames if n] + [key]
+                dotted = [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]
+                return text.count("\n", 0, prev.start()) + 1, ".".join(dotted)
+            frames[-1][0].add(key)
+        prev = m
+    raise AssertionError("json reported a repeated key that is not there")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers: yield (where, row dict). Tabular readers first return their column names.
+
 def _read_jsonl(path: Path) -> Iterator[tuple[_Where, dict]]:
-    data = path.read_bytes()
-    _check_not_empty(path, data)
+    data = _read_bytes(path)
     for i, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
@@ -101,7 +166,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[_Where, dict]]:
             raise UserError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8",
                             path=str(path), line=i) from None
         try:
-            row = json.loads(text)
+            row = parse_json(text, path, first_line=i)  # a CRLF line's "\r" is JSON whitespace
         except json.JSONDecodeError as e:
             raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", path=str(path), line=i) from None
         if not isinstance(row, dict):
@@ -110,11 +175,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[_Where, dict]]:
 
 
 def _read_json(path: Path) -> Iterator[tuple[_Where, dict]]:
-    data = path.read_bytes()
-    _check_not_empty(path, data)
-    text = _decode(path, data)
+    text = _decode(path, _read_bytes(path))
     try:
-        doc = json.loads(text)
+        doc = parse_json(text, path)
     except json.JSONDecodeError as e:
         raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", path=str(path), line=e.lineno) from None
     if not isinstance(doc, list):
@@ -128,18 +191,41 @@ def _read_json(path: Path) -> Iterator[tuple[_Where, dict]]:
         yield _Where(label=f"item {i}"), row
 
 
-def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[_Where, dict]]]:
-    data = path.read_bytes()
-    _check_not_empty(path, data)
-    text = _decode(path, data).lstrip("\ufeff")
-    # Long model responses exceed the csv module's default 128 KiB cell limit.
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _csv_header(path: Path, reader) -> list[str]:
     try:
-        header = next(reader)
+        header = [h.strip() for h in next(reader)]
     except csv.Error as e:
         raise UserError(f"unreadable CSV header: {e}", path=str(path), line=1) from None
-    header = [h.strip() for h in header]
+    for i, name in enumerate(header):
+        if name and name in header[:i]:
+            raise UserError("column named twice in the header; which one is meant is ambiguous",
+                            path=str(path), line=1, field=name)
+    return header
+
+
+def _csv_error(path: Path, e: csv.Error, text: str, start: int, header: list[str]) -> UserError:
+    """A csv.Error of the row that starts on line `start`, said plainly, naming its column if it can."""
+    if "unexpected end of data" in str(e):
+        # Read leniently, the unclosed field swallows the rest of the file: it is the row's last one.
+        rest = "".join(io.StringIO(text, newline="").readlines()[start - 1:])
+        n = len(next(csv.reader(io.StringIO(rest, newline=""))))
+        return UserError("unterminated quote: this quoted field never closes, so the rest of the file would "
+                         "become one field", path=str(path), line=start,
+                         field=header[n - 1] if n <= len(header) else None)
+    if "expected after" in str(e):
+        return UserError("stray quote: text follows a closing quote (a quoted field left open, or a quote "
+                         "inside a cell not written as \"\")", path=str(path), line=start)
+    return UserError(f"malformed CSV: {e}", path=str(path), line=start)
+
+
+def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[_Where, dict]]]:
+    text = _decode(path, _read_bytes(path))
+    # Long model responses exceed the csv module's default 128 KiB cell limit.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    # strict: a stray or unclosed quote is an error, not a guess (the lenient reader would make the
+    # rest of the file one field). newline="": CRLF and quoted line breaks as Excel writes them.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header = _csv_header(path, reader)
 
     def rows() -> Iterator[tuple[_Where, dict]]:
         n = 0
@@ -150,7 +236,7 @@ def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[_Where, dict]]]:
             except StopIteration:
                 return
             except csv.Error as e:
-                raise UserError(f"malformed CSV: {e}", path=str(path), line=start) from None
+                raise _csv_error(path, e, text, start, header) from None
             if not any(v.strip() for v in values):
                 continue
             n += 1
@@ -383,6 +469,17 @@ def _suggest_preset(columns: Sequence[str]) -> str:
     return ""
 
 
+def _column_hint(columns: Sequence[str], native: bool) -> str:
+    """Why a column may be missing: another separator than the comma (Excel in many locales saves
+    ';'), or a layout that a preset reads."""
+    if len(columns) == 1:
+        for sep, name in ((";", "semicolon"), ("\t", "tab")):
+            if sep in columns[0]:
+                return (f"; the header looks {name}-separated, and CSV files are read comma-separated "
+                        "(in Excel: save as 'CSV UTF-8 (Comma delimited)')")
+    return _suggest_preset(columns) if native else ""
+
+
 def _load(source: str | os.PathLike, *, format: str | None, mapping: ColumnMapping | None,
           preset: str | None, hf_split: str) -> LoadStats:
     if preset is not None and preset not in PRESETS:
@@ -424,12 +521,11 @@ def _load(source: str | os.PathLike, *, format: str | None, mapping: ColumnMappi
             needed = ["prompt"]
             if mapping.negative is None and mapping.negatives is None:
                 missing = "negative" if fmt == "csv" else "negatives"
-                raise UserError(f"missing column (columns: {', '.join(columns)}){_suggest_preset(columns)}",
+                raise UserError(f"missing column (columns: {', '.join(columns)}){_column_hint(columns, True)}",
                                 path=path_text, field=missing)
         for col in needed:
             if col not in columns:
-                hint = _suggest_preset(columns) if native else ""
-                raise UserError(f"missing column (columns: {', '.join(columns)}){hint}",
+                raise UserError(f"missing column (columns: {', '.join(columns)}){_column_hint(columns, native)}",
                                 path=path_text, field=col)
 
     def records() -> Iterator[tuple[_Where, RowRecord]]:

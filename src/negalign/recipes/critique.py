@@ -34,6 +34,7 @@ import yaml
 from negalign.base.errors import UserError
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant
 from negalign.base.rundir import Pin, RunDir
+from negalign.data.loaders import parse_json
 from negalign.data.records import Messages, prompt_key
 from negalign.generation.base import GenerationConfig
 
@@ -178,20 +179,22 @@ def source_requests(source: str) -> list[str]:
     if not path.exists():
         raise UserError(f"unknown prompt source {source!r}: use pyrit, {', '.join(eval_sets.EVAL_SETS)}, "
                         f"or a .txt/.jsonl file", field="source")
+    # utf-8-sig: a byte-order mark, as Windows tools write, is not part of the first request
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     if path.suffix == ".jsonl":
         out = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)["prompt"]
+                text = parse_json(line, path, first_line=n)["prompt"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise UserError("expected a JSON object with a 'prompt' string", path=str(path), line=n) from None
             if not isinstance(text, str) or not text.strip():
                 raise UserError("must be a non-empty string", path=str(path), line=n, field="prompt")
             out.append(text)
         return out
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in lines if line.strip()]
 
 
 @dataclass
