@@ -24,13 +24,9 @@ from negalign.training.examples import run_examples
 from negalign.training.groups import training_groups
 from negalign.training.models import load_plain
 
+from tiny_models import npo_train_setup
+
 FAKE_KEY = "sk-negalign-test-4f9c2e1b7a6d5c3e8f0a"
-
-
-def _examples() -> list[Example]:
-    return [Example(id=f"p{i}", prompt=normalize_prompt(f"Question number {i}: how do I do thing {i}?"),
-                    negatives=[f"A bad answer {i}, which goes on for a while."])
-            for i in range(4)]
 
 
 # ---------------------------------------------------------------- truncation policy
@@ -60,18 +56,7 @@ def test_truncation_keeps_prompt_tail_and_response_head_and_logs_counts(tokenize
 # ---------------------------------------------------------------- non-finite loss or gradient
 
 def _train_setup(tmp_path, tokenizer, tiny_model, **train):
-    from negalign.training.reference import ReferenceScores
-    from negalign.training.step import TrainData
-
-    settings = {"run_dir": str(tmp_path), "train.method": "npo", "train.groups_per_step": "2",
-                "train.micro_groups": "2", "train.save_every": "0", "train.lr": "1e-3",
-                "train.precision": "fp32", "train.epochs": "10", **{f"train.{k}": str(v) for k, v in train.items()}}
-    cfg = load_config(None, settings)
-    groups, _, _, _ = training_groups(cfg, tokenizer, _examples(), {}, log=lambda *_: None)
-    n = len(groups)
-    reference = ReferenceScores(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.int64),
-                                torch.full((n,), -50.0), torch.ones(n, dtype=torch.int64))
-    return cfg, TrainData(groups=groups, n_anchors=0, reference=reference)
+    return npo_train_setup(tmp_path, tokenizer, **{"save_every": 0, **train})
 
 
 def _poisoned_objective(monkeypatch, bad_steps: set[int], kind: str):

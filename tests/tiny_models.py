@@ -17,3 +17,25 @@ def tiny_llama(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4, 
     model = LlamaForCausalLM(cfg)
     model.config.use_cache = False
     return model
+
+
+def npo_train_setup(run_dir, tokenizer, **train):
+    """(config, TrainData) for NPO on 4 short made-up examples, with a constant reference (no
+    sampling, no reference pass): the cheapest real training run. `train`: train.* settings."""
+    from negalign.config import load_config
+    from negalign.data.records import Example, normalize_prompt
+    from negalign.training.groups import training_groups
+    from negalign.training.reference import ReferenceScores
+    from negalign.training.step import TrainData
+
+    examples = [Example(id=f"p{i}", prompt=normalize_prompt(f"Question number {i}: how do I do thing {i}?"),
+                        negatives=[f"A bad answer {i}, which goes on for a while."]) for i in range(4)]
+    settings = {"run_dir": str(run_dir), "train.method": "npo", "train.groups_per_step": "2",
+                "train.micro_groups": "2", "train.lr": "1e-3", "train.precision": "fp32", "train.epochs": "10",
+                **{f"train.{k}": str(v) for k, v in train.items()}}
+    cfg = load_config(None, settings)
+    groups, _, _, _ = training_groups(cfg, tokenizer, examples, {}, log=lambda *_: None)
+    n = len(groups)
+    reference = ReferenceScores(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.int64),
+                                torch.full((n,), -50.0), torch.ones(n, dtype=torch.int64))
+    return cfg, TrainData(groups=groups, n_anchors=0, reference=reference)

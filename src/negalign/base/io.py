@@ -18,12 +18,13 @@ _DISK_ERRNOS = {errno.ENOSPC: "disk full while writing", errno.EDQUOT: "disk quo
                 errno.EROFS: "cannot write", errno.EACCES: "cannot write"}
 
 
-def disk_error(e: OSError, path: str | os.PathLike) -> UserError | None:
+def disk_error(e: OSError, path: str | os.PathLike,
+               remedy: str = "fix that and rerun the same command to resume") -> UserError | None:
     """A one-line UserError for a disk-level write failure (full, quota, read-only), else None."""
     what = _DISK_ERRNOS.get(e.errno)
     if what is None:
         return None
-    return UserError(f"{what}: {e.strerror}; fix that and rerun the same command to resume", path=str(path))
+    return UserError(f"{what}: {e.strerror}; {remedy}", path=str(path))
 
 
 @contextlib.contextmanager
@@ -45,13 +46,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             if err is None:
                 raise
             raise err from None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (not every file system can: then a no-op)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:

@@ -19,6 +19,7 @@ from typing import Iterable
 
 import yaml
 
+from negalign.base.durable import manifest_problem
 from negalign.base.errors import UserError
 from negalign.base.fingerprint import fingerprint
 from negalign.base.io import check_writable_dir, write_json, write_text
@@ -132,9 +133,15 @@ class RunDir:
         write_json(meta, record)
 
     # ------------------------------------------------------------ done marker
-    def trained(self) -> bool:
-        """Training finished here: the done marker and the final model are both present."""
-        return self.done.exists() and self.model.exists()
+    def trained(self, log=None) -> bool:
+        """Training finished here: the done marker and a final model that matches its manifest.
+        A damaged model is reported through `log` and counts as not trained, so it is trained again."""
+        if not (self.done.exists() and self.model.exists()):
+            return False
+        problem = manifest_problem(self.model)
+        if problem is not None and log is not None:
+            log(f"train: warning: the saved model is damaged ({problem}); training it again")
+        return problem is None
 
     def mark_trained(self, info: dict) -> None:
         write_json(self.done, info)

