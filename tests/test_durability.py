@@ -192,3 +192,105 @@ def test_a_damaged_final_model_is_trained_again(tmp_path, tokenizer):
     _train(tmp_path, tokenizer, max_steps=2)
     assert run.trained(QUIET)
     assert json.loads((out / MANIFEST).read_text())["files"]["model.safetensors"]["sha256"] == sha
+
+
+# ---------------------------------------------------------------- through the real CLI
+
+CLI_SETTINGS = {
+    "data.limit": "4", "data.max_negatives_per_prompt": "1", "train.method": "npo", "train.max_steps": "4",
+    "train.save_every": "1", "train.keep_checkpoints": "3", "train.groups_per_step": "1", "train.lr": "1e-3",
+    "train.precision": "fp32", "reference.precision": "fp32",
+}
+HERE = Path(__file__).parent
+
+
+def _overrides(model_dir: Path, run_dir: Path) -> dict[str, str]:
+    return {"model.name": str(model_dir), "run_dir": str(run_dir), **CLI_SETTINGS}
+
+
+def _train_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    args = ["train"]
+    for key, value in _overrides(model_dir, run_dir).items():
+        args += ["--run-dir" if key == "run_dir" else f"--{key}", value]
+    return args + list(extra)
+
+
+def _cli(args: list[str], *, full_disk: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    prefix = [str(HERE / "full_disk_cli.py"), full_disk[0], str(full_disk[1])] if full_disk else ["-m", "negalign"]
+    return subprocess.run([sys.executable, *prefix, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def _assert_same_weights(run_dir: Path, uninterrupted: Path) -> None:
+    got, want = _weights(run_dir), _weights(uninterrupted)
+    assert got.keys() == want.keys()
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def cli_uninterrupted(tmp_path_factory, tiny_model_dir):
+    """The same training, never interrupted, in this process."""
+    from negalign.config import load_config
+    from negalign.recipes import d2o
+
+    run_dir = tmp_path_factory.mktemp("cli_uninterrupted")
+    d2o.stage_train(load_config(None, _overrides(tiny_model_dir, run_dir)), log=QUIET)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def stopped_by_full_disk(tmp_path_factory, tiny_model_dir):
+    """`negalign train` whose disk fills while it writes the optimizer state of the step-3 checkpoint."""
+    run_dir = tmp_path_factory.mktemp("full_disk") / "run"
+    proc = _cli(_train_args(tiny_model_dir, run_dir), full_disk=(".step-0000003.tmp/trainer.pt", 4096))
+    return run_dir, proc
+
+
+@pytest.mark.subprocess
+def test_cli_full_disk_mid_checkpoint_stops_with_one_line_then_resumes(stopped_by_full_disk, tmp_path,
+                                                                       tiny_model_dir, cli_uninterrupted):
+    stopped, proc = stopped_by_full_disk
+    ckpt_dir = stopped / "train" / "checkpoints"
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip("\n").split("\n") == [
+        f"negalign: error: {ckpt_dir / 'step-0000003'}: disk full while writing: No space left on device; "
+        "the checkpoints before it are kept; free some space and rerun with --resume"]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step-0000001", "step-0000002"]
+    assert manifest_problem(ckpt_dir / "step-0000002") is None
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped, run_dir)
+    proc = _cli(_train_args(tiny_model_dir, run_dir, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train: resumed from step-0000002 (step 2/4)" in proc.stdout
+    _assert_same_weights(run_dir, cli_uninterrupted)
+
+
+@pytest.mark.subprocess
+def test_cli_resume_skips_a_checkpoint_that_fails_its_manifest(stopped_by_full_disk, tmp_path, tiny_model_dir,
+                                                               cli_uninterrupted):
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped_by_full_disk[0], run_dir)
+    damage(run_dir / "train" / "checkpoints" / "step-0000002" / "weights.safetensors")  # as a power loss may
+    proc = _cli(_train_args(tiny_model_dir, run_dir, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("train: warning: skipping checkpoint step-0000002: weights.safetensors does not match its sha256 "
+            "in the manifest") in proc.stdout.splitlines()
+    assert "train: resumed from step-0000001 (step 1/4)" in proc.stdout
+    _assert_same_weights(run_dir, cli_uninterrupted)
+
+
+@pytest.mark.subprocess
+def test_cli_a_damaged_final_model_is_trained_again(tmp_path, tiny_model_dir, cli_uninterrupted):
+    run_dir = tmp_path / "run"
+    shutil.copytree(cli_uninterrupted, run_dir)
+    damage(run_dir / "model" / "model.safetensors", "cut")
+    proc = _cli(_train_args(tiny_model_dir, run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0].startswith(
+        "train: warning: the saved model is damaged (model.safetensors has ")
+    assert manifest_problem(run_dir / "model") is None
+    _assert_same_weights(run_dir, cli_uninterrupted)
