@@ -73,6 +73,46 @@ def test_scores_are_oriented_higher_is_better():
         scorer_spec(rdpo_settings_from_dict({"critique": {"preset": "sycophancy"}}))
 
 
+class Counting:
+    """P(harm)-like scores from the text; counts its calls and can fail on a given one (a crash)."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.calls, self.fail_on = [], fail_on
+
+    def __repr__(self) -> str:  # what keys the saved scores: the same in a rerun
+        return "Counting()"
+
+    def score(self, prompts, responses):
+        self.calls.append(len(responses))
+        if len(self.calls) == self.fail_on:
+            raise KeyboardInterrupt  # as a kill: nothing after it runs
+        return [len(r) / 100 + (0.5 if "bad" in r else 0.0) for r in responses]
+
+
+def test_pair_scoring_resumes_where_it_stopped(tmp_path):
+    from negalign.recipes.rdpo import stage_pairs
+
+    rows = [_row(i, original=f"bad answer {i}", revision=f"better answer number {i}") for i in range(5)]
+    settings = rdpo_settings_from_dict({"run_dir": str(tmp_path / "a"), "rdpo": {"pairs_per_write": 2}})
+    want, _ = stage_pairs(settings, rows, scorer=Counting(), log=lambda *_: None)
+
+    settings = rdpo_settings_from_dict({"run_dir": str(tmp_path / "b"), "rdpo": {"pairs_per_write": 2}})
+    with pytest.raises(KeyboardInterrupt):
+        stage_pairs(settings, rows, scorer=Counting(fail_on=3), log=lambda *_: None)
+    saved = (tmp_path / "b" / "pairs.scores.jsonl").read_text().splitlines()
+    assert len(saved) == 4 and not (tmp_path / "b" / "pairs.jsonl").exists()
+    again = Counting()
+    got, stats = stage_pairs(settings, rows, scorer=again, log=lambda *_: None)
+    assert again.calls == [2]  # only the last chunk (1 pair: original and revision) was left
+    assert got == want and stats.kept == 5
+    # another tau relabels the same scores: the scorer is not asked again
+    relabel = Counting()
+    settings.cfg.train.tau = 0.5
+    pairs, _ = stage_pairs(settings, rows, scorer=relabel, log=lambda *_: None)
+    assert relabel.calls == [] and [p["score_chosen"] for p in pairs] == [p["score_chosen"] for p in want]
+    assert [p["label"] for p in pairs] != [p["label"] for p in want]
+
+
 def test_variant_labels():
     pairs = [{"label": 0.7}, {"label": 0.2}]
     assert variant_labels(pairs, "rdpo").tolist() == pytest.approx([0.7, 0.2])

@@ -83,6 +83,7 @@ class RunDir:
     done = _File("train/done.json")                    # the done marker of training
     model = _File("model")                             # the trained model folder
     eval_dir = _File("eval")                           # `negalign evaluate RUN_DIR` writes here
+    pair_scores = _File("pairs.scores.jsonl")          # rDPO: raw scores, appended as scored
     pairs = _File("pairs.jsonl")                       # rDPO: kept pairs, dropped ones, their stats
     pairs_dropped = _File("pairs.dropped.jsonl")
     pairs_stats = _File("pairs.stats.json")

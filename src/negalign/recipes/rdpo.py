@@ -9,9 +9,9 @@ negative slot), i.e. losses.dpo_loss(..., label=p). Variants on the same pairs:
     rdpo  label p (soft)               dpo   label 1
     cdpo  label 1 - epsilon (constant) sft   SFT on the revisions ("sft_anchors")
 
-Run directory: config.yaml (the full config), critique.jsonl (+ .meta.json), pairs.jsonl
-(kept pairs), pairs.dropped.jsonl (dropped, with reasons), pairs.stats.json, reference.safetensors,
-train/, model/.
+Run directory: config.yaml (the full config), critique.jsonl (+ .meta.json), pairs.scores.jsonl
+(raw scores, appended as scored), pairs.jsonl (kept pairs), pairs.dropped.jsonl (dropped, with
+reasons), pairs.stats.json, reference.safetensors, train/, model/.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 from negalign import config as config_module
 from negalign.base.errors import UserError
 from negalign.base.fingerprint import fingerprint
-from negalign.base.io import read_jsonl_tolerant, write_json, write_jsonl
+from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json, write_jsonl
 from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
 from negalign.data.records import Example
@@ -49,6 +49,7 @@ class RdpoConfig:
     filter_not_better: bool = False       # drop pairs whose revision does not score above the original
     min_margin: float = 0.0               # with the filter: require s_r - s_o > min_margin
     cdpo_epsilon: float = 0.1             # cDPO's constant label is 1 - epsilon
+    pairs_per_write: int = 16             # pairs scored per scorer call, then saved (a rerun resumes there)
 
 
 @dataclass
@@ -93,6 +94,8 @@ def check_settings(s: RdpoSettings) -> None:
     for key in ("max_new_tokens", "critique_max_new_tokens", "prompts_per_write"):
         if getattr(c, key) < 1:
             raise UserError("must be at least 1", path=w, field=f"critique.{key}")
+    if r.pairs_per_write < 1:
+        raise UserError("must be at least 1", path=w, field="rdpo.pairs_per_write")
 
 
 def load_rdpo_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RdpoSettings:
@@ -135,6 +138,33 @@ def score_rows(rows: list[dict], scorer, higher_is_better: bool) -> tuple[list[f
     sign = 1.0 if higher_is_better else -1.0
     oriented = [sign * x for x in raw]
     return oriented[:len(rows)], oriented[len(rows):]
+
+
+def score_rows_resumably(run: RunDir, rows: list[dict], scorer_factory, scorer_desc: Any, higher_is_better: bool,
+                         per_write: int, log=print) -> tuple[list[float], list[float]]:
+    """`score_rows`, chunk by chunk, each chunk's raw scores appended to pairs.scores.jsonl.
+
+    A rerun (after a kill, or with another tau or filter) scores only the rows not saved under the
+    same scorer. Chunks have fixed boundaries and an interrupted one is scored again whole, so each
+    row is scored in the same batch as in an uninterrupted run (same numbers). `scorer_factory()` is
+    called only if something is left to score.
+    """
+    keys = [fingerprint({"scorer": scorer_desc, "prompt": r["prompt"], "original": r["original"],
+                         "revision": r["revision"]}) for r in rows]
+    saved = {row["key"]: row for row in read_jsonl_tolerant(run.pair_scores)}
+    todo = [k for k in range(0, len(rows), per_write) if any(key not in saved for key in keys[k:k + per_write])]
+    if todo:
+        scorer = scorer_factory()
+        with JsonlAppender(run.pair_scores) as out:
+            for k in todo:
+                s_o, s_r = score_rows(rows[k:k + per_write], scorer, True)
+                for row, key, o, r in zip(rows[k:k + per_write], keys[k:k + per_write], s_o, s_r):
+                    if key not in saved:
+                        saved[key] = {"id": row["id"], "key": key, "original": o, "revision": r}
+                        out.write(saved[key])
+                log(f"pairs: scored {sum(key in saved for key in keys)}/{len(rows)} pairs")
+    sign = 1.0 if higher_is_better else -1.0
+    return [sign * saved[key]["original"] for key in keys], [sign * saved[key]["revision"] for key in keys]
 
 
 @dataclass
@@ -324,11 +354,10 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
             log(f"pairs: cached; {stats.summary()}")
             return pairs, stats
     scorable, early_drops, counts = split_scorable(rows)
-    if scorer is None:
-        scorer = make_scorer(spec)
     log(f"pairs: scoring {len(scorable)} pairs with {spec if isinstance(spec, str) else spec.get('type')} "
         f"({'higher' if higher else 'lower'} raw score = better), tau={settings.cfg.train.tau}")
-    s_o, s_r = score_rows(scorable, scorer, higher)
+    s_o, s_r = score_rows_resumably(run, scorable, lambda: scorer or make_scorer(spec),
+                                    spec if scorer is None else repr(scorer), higher, r.pairs_per_write, log=log)
     pairs, dropped, stats = make_pairs(scorable, s_o, s_r, tau=settings.cfg.train.tau,
                                        filter_not_better=r.filter_not_better, min_margin=r.min_margin)
     stats.prompts = len(rows)
