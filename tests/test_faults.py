@@ -1,10 +1,12 @@
-"""Fault injection: SIGKILL the real CLI at random points of sample, reference and train, rerun until done.
+"""Fault injection: SIGKILL the real CLI at random points of sample, reference, train, critique and rDPO
+pair scoring, rerun until done.
 
 The killed run must end with exactly what an uninterrupted run produces: the same anchors (same
-ids, texts, no duplicates), the same reference tensors, the same per-step losses and final weights.
-Kill points are random but always land while the stage is working: each kill waits until the
-stage has made some durable progress (lines in anchors.jsonl, reference shards, metrics rows),
-then a random few milliseconds more.
+ids, texts, no duplicates), the same reference tensors, the same per-step losses and final weights,
+the same critique rows, the same scored pairs. Kill points are random but always land while the
+stage is working: each kill waits until the stage has made some durable progress (lines in
+anchors.jsonl, reference shards, metrics rows, critique rows, saved pair scores), then a random few
+milliseconds more (kill_helpers.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +22,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-# 15 CLI processes: about 2 minutes idle, 6 on a loaded 2-core machine
+from kill_helpers import flags, lines, negalign, run_with_kills
+
+# about 25 CLI processes: 3 minutes idle, 8 on a loaded 2-core machine
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 N_PROMPTS = 8
@@ -43,60 +45,24 @@ def overrides(model_dir: Path, run_dir: Path) -> dict[str, str]:
 
 
 def cli_args(stage: str, model_dir: Path, run_dir: Path) -> list[str]:
-    args = [sys.executable, "-m", "negalign", stage]
-    for key, value in overrides(model_dir, run_dir).items():
-        args += ["--run-dir" if key == "run_dir" else f"--{key}", value]
-    return args + (["--resume"] if stage == "train" else [])
+    return negalign(stage, *flags(overrides(model_dir, run_dir)), *(["--resume"] if stage == "train" else []))
 
 
 # ---------------------------------------------------------------- progress probes (durable state only)
 
-def _lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
 def progress(stage: str, run_dir: Path) -> int:
     if stage == "sample":
-        return _lines(run_dir / "anchors.jsonl")
+        return lines(run_dir / "anchors.jsonl")
     if stage == "reference":
         return len(list((run_dir / "reference.partial").glob("*/*/batch-*.safetensors")))
-    return _lines(run_dir / "train" / "metrics.jsonl")
+    return lines(run_dir / "train" / "metrics.jsonl")
 
 
-def run_with_kills(stage: str, model_dir: Path, run_dir: Path, kills: int, total: int, rng: random.Random,
-                   log_path: Path) -> list[int]:
+def run_stage_with_kills(stage: str, model_dir: Path, run_dir: Path, kills: int, total: int, rng: random.Random,
+                         log_path: Path) -> list[int]:
     """Start the stage, SIGKILL it `kills` times mid-work, then let a last run finish. Returns kill points."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    points: list[int] = []
-    for _ in range(kills + 5):
-        with open(log_path, "a") as log:
-            proc = subprocess.Popen(cli_args(stage, model_dir, run_dir), stdout=log, stderr=log, env=env)
-        if len(points) < kills:
-            start = progress(stage, run_dir)
-            # Usually one unit of new durable progress, sometimes two; with none left to wait for
-            # (the last unit), the kill lands at a random moment of the start-up instead: within
-            # 1.5 s, while python is still importing torch and transformers (several seconds here,
-            # over 2 s on any machine measured), so the process cannot finish before it.
-            target = start + 1 + (rng.random() < 0.3)
-            fallback = time.monotonic() + rng.uniform(0.3, 1.5) if target > total - 1 else None
-            deadline = time.monotonic() + 240
-            while proc.poll() is None and time.monotonic() < deadline:
-                if fallback is None and progress(stage, run_dir) >= target:
-                    break
-                if fallback is not None and time.monotonic() > fallback:
-                    break
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0, 0.03))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                points.append(progress(stage, run_dir))
-                continue
-        rc = proc.wait(timeout=300)
-        assert rc == 0, log_path.read_text()[-3000:]
-        assert len(points) == kills, f"{stage}: finished after {len(points)} of its {kills} kills; see {log_path}"
-        return points
-    raise AssertionError(f"{stage}: did not finish; see {log_path}")
+    return run_with_kills(cli_args(stage, model_dir, run_dir), lambda: progress(stage, run_dir), kills, total, rng,
+                          log_path)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +90,7 @@ def test_sigkill_everywhere_then_resume_matches_uninterrupted(tmp_path, tiny_mod
     report = {}
     t0 = time.perf_counter()
 
-    points = run_with_kills("sample", tiny_model_dir, run_dir, KILLS["sample"], N_PROMPTS, rng, tmp_path / "sample.log")
+    points = run_stage_with_kills("sample", tiny_model_dir, run_dir, KILLS["sample"], N_PROMPTS, rng, tmp_path / "sample.log")
     report["sample"] = points
     rows, expected = _anchor_rows(run_dir), _anchor_rows(uninterrupted)
     ids = [r["id"] for r in rows]
@@ -132,7 +98,7 @@ def test_sigkill_everywhere_then_resume_matches_uninterrupted(tmp_path, tiny_mod
     assert {r["id"]: r["anchors"] for r in rows} == {r["id"]: r["anchors"] for r in expected}
 
     n_batches = N_PROMPTS  # batch_tokens 64 holds one group per batch
-    points = run_with_kills("reference", tiny_model_dir, run_dir, KILLS["reference"], n_batches, rng,
+    points = run_stage_with_kills("reference", tiny_model_dir, run_dir, KILLS["reference"], n_batches, rng,
                             tmp_path / "reference.log")
     report["reference"] = points
     got, want = load_file(str(run_dir / "reference.safetensors")), load_file(str(uninterrupted / "reference.safetensors"))
@@ -141,7 +107,7 @@ def test_sigkill_everywhere_then_resume_matches_uninterrupted(tmp_path, tiny_mod
         assert torch.equal(got[key], want[key]), key
     assert not (run_dir / "reference.partial").exists()
 
-    points = run_with_kills("train", tiny_model_dir, run_dir, KILLS["train"], STEPS, rng, tmp_path / "train.log")
+    points = run_stage_with_kills("train", tiny_model_dir, run_dir, KILLS["train"], STEPS, rng, tmp_path / "train.log")
     report["train"] = points
     metrics = [json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
     base = [json.loads(x) for x in (uninterrupted / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -159,3 +125,78 @@ def test_sigkill_everywhere_then_resume_matches_uninterrupted(tmp_path, tiny_mod
     kills = sum(len(p) for p in report.values())
     print(f"\nfault injection: {kills} kills at progress points {report}; {time.perf_counter() - t0:.1f} s")
     assert kills == sum(KILLS.values()) == 11  # the README's figure
+
+
+# ---------------------------------------------------------------- rDPO: critique and pair scoring
+
+N_CRITIQUE = 10
+CRITIQUE = {"critique.preset": "roleplay", "critique.limit": str(N_CRITIQUE), "critique.prompts_per_write": "1",
+            "critique.max_new_tokens": "8", "critique.critique_max_new_tokens": "4"}
+PAIRS = {"rdpo.pairs_per_write": "1", "train.max_steps": "1", "train.groups_per_step": "2",
+         "train.precision": "fp32", "train.save_every": "0"}
+
+
+def rdpo_overrides(model_dir: Path, run_dir: Path, reward_model: Path | None = None) -> dict[str, str]:
+    scorer = {"rdpo.scorer": f"reward_model:{reward_model}"} if reward_model else {}
+    return {"model.name": str(model_dir), "run_dir": str(run_dir), **CRITIQUE, **scorer}
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory, tokenizer):
+    from tiny_models import tiny_reward_model_dir
+
+    return tiny_reward_model_dir(tmp_path_factory.mktemp("reward_model"), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_rdpo(tmp_path_factory, tiny_model_dir, reward_model_dir):
+    """Critique and pair scoring in this process, never interrupted (no training: not compared here)."""
+    from negalign.recipes.rdpo import load_rdpo_config, stage_critique, stage_pairs
+
+    run_dir = tmp_path_factory.mktemp("uninterrupted_rdpo")
+    settings = load_rdpo_config(None, {**rdpo_overrides(tiny_model_dir, run_dir, reward_model_dir), **PAIRS})
+    quiet = lambda *a, **k: None  # noqa: E731
+    stage_pairs(settings, stage_critique(settings, log=quiet), log=quiet)
+    return run_dir
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_sigkill_critique_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, uninterrupted_rdpo):
+    rng = random.Random(int(os.environ.get("NEGALIGN_FAULT_SEED", "7")))
+    run_dir = tmp_path / "killed"
+    argv = negalign("critique", *flags(rdpo_overrides(tiny_model_dir, run_dir)))
+    points = run_with_kills(argv, lambda: lines(run_dir / "critique.jsonl"), 3, N_CRITIQUE, rng,
+                            tmp_path / "critique.log")
+    print(f"\ncritique: kills at progress points {points}")
+    assert any(0 < p < N_CRITIQUE for p in points), points  # at least one kill mid-work, not at start-up
+    rows, want = _rows(run_dir / "critique.jsonl"), _rows(uninterrupted_rdpo / "critique.jsonl")
+    assert len(rows) == len({r["id"] for r in rows}) == N_CRITIQUE, "critique rows lost or repeated"
+    assert sum(r["status"] == "ok" for r in want) >= N_CRITIQUE // 2  # the comparison holds real text
+    assert sorted(rows, key=lambda r: r["id"]) == sorted(want, key=lambda r: r["id"])
+
+
+def test_sigkill_pair_scoring_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, reward_model_dir,
+                                                                uninterrupted_rdpo):
+    rng = random.Random(int(os.environ.get("NEGALIGN_FAULT_SEED", "7")) + 1)
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    for name in ("critique.jsonl", "critique.jsonl.meta.json"):  # the critique is done; scoring is not
+        shutil.copy(uninterrupted_rdpo / name, run_dir / name)
+    n_pairs = lines(uninterrupted_rdpo / "pairs.scores.jsonl")
+    assert n_pairs >= 5
+    argv = negalign("rdpo", *flags({**rdpo_overrides(tiny_model_dir, run_dir, reward_model_dir), **PAIRS}),
+                    "--resume")
+    points = run_with_kills(argv, lambda: lines(run_dir / "pairs.scores.jsonl"), 3, n_pairs, rng,
+                            tmp_path / "pairs.log", max_delay=0.005)
+    print(f"\npair scoring: kills at progress points {points} of {n_pairs}")
+    assert any(0 < p < n_pairs for p in points), points
+    scores = _rows(run_dir / "pairs.scores.jsonl")
+    assert len(scores) == len({r["key"] for r in scores}), "a pair scored and saved twice"
+    assert sorted(scores, key=lambda r: r["key"]) == sorted(_rows(uninterrupted_rdpo / "pairs.scores.jsonl"),
+                                                            key=lambda r: r["key"])
+    for name in ("pairs.jsonl", "pairs.dropped.jsonl", "pairs.stats.json"):
+        assert (run_dir / name).read_bytes() == (uninterrupted_rdpo / name).read_bytes(), name
+    assert (run_dir / "model" / "model.safetensors").exists()  # and the last run went on to train

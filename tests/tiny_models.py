@@ -19,6 +19,19 @@ def tiny_llama(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4, 
     return model
 
 
+def tiny_reward_model_dir(path, tokenizer, *, seed: int = 1):
+    """A saved random 1-logit Llama sequence classifier: a reward model that `reward_model:PATH` loads."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, num_labels=1,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def npo_train_setup(run_dir, tokenizer, **train):
     """(config, TrainData) for NPO on 4 short made-up examples, with a constant reference (no
     sampling, no reference pass): the cheapest real training run. `train`: train.* settings."""
