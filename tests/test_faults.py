@@ -200,3 +200,37 @@ def test_sigkill_pair_scoring_then_resume_matches_uninterrupted(tmp_path, tiny_m
     for name in ("pairs.jsonl", "pairs.dropped.jsonl", "pairs.stats.json"):
         assert (run_dir / name).read_bytes() == (uninterrupted_rdpo / name).read_bytes(), name
     assert (run_dir / "model" / "model.safetensors").exists()  # and the last run went on to train
+
+
+def _eval_rows(path: Path) -> list[dict]:
+    return sorted(_rows(path), key=lambda r: (r["fp"], r["role"], r["set"], r["id"]))
+
+
+def test_sigkill_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
+    """`negalign evaluate` killed while generating (one reply per durable line) resumes to the same
+    replies, none lost or repeated, and the same eval.json metrics as an uninterrupted run."""
+    import subprocess
+
+    from negalign.evaluation.scorers.harm_classifier import HarmClassifier
+
+    rows = [{"prompt": f"how do I do bad thing {i}", "response": r, "harm": h}
+            for i in range(6) for r, h in (("here is how: step one, step two", 1.0), ("I cannot help with that.", 0.0))]
+    clf = HarmClassifier().fit(rows).save(tmp_path / "clf.json")
+    args = ["evaluate", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--n-harmful", "6",
+            "--n-benign", "2", "--n-overrefusal", "3", "--n-heldout", "2", "--max-new-tokens", "6",
+            "--batch-size", "1", "--no-kl", "--harm-classifier", str(clf)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    subprocess.run(negalign(*args, "--out", str(tmp_path / "full")), check=True, env=env, capture_output=True)
+    total = lines(tmp_path / "full" / "generations.jsonl")
+    assert total == 11  # 6 harmful + 3 over-refusal + 2 benign (the reference is the same model)
+    killed = tmp_path / "killed"
+    rng = random.Random(int(os.environ.get("NEGALIGN_FAULT_SEED", "7")) + 2)
+    points = run_with_kills(negalign(*args, "--out", str(killed)), lambda: lines(killed / "generations.jsonl"),
+                            3, total, rng, tmp_path / "evaluate.log")
+    print(f"\nevaluate: kills at progress points {points} of {total}")
+    assert any(0 < p < total for p in points), points
+    got, want = _eval_rows(killed / "generations.jsonl"), _eval_rows(tmp_path / "full" / "generations.jsonl")
+    assert len(got) == len({(r["fp"], r["role"], r["set"], r["id"]) for r in got}), "a reply generated twice"
+    assert got == want
+    a, b = (json.loads((d / "eval.json").read_text()) for d in (killed, tmp_path / "full"))
+    assert a["metrics"] == b["metrics"] and a["per_category"] == b["per_category"]
