@@ -1,5 +1,5 @@
-"""Fault injection: SIGKILL the real CLI at random points of sample, reference, train, critique and rDPO
-pair scoring, rerun until done.
+"""Fault injection: SIGKILL the real CLI at random points of sample, reference, train, critique, rDPO
+pair scoring and evaluate's generation, rerun until done.
 
 The killed run must end with exactly what an uninterrupted run produces: the same anchors (same
 ids, texts, no duplicates), the same reference tensors, the same per-step losses and final weights,
