@@ -297,7 +297,7 @@ def test_harm_classifier_default_is_cached_per_exclusion(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- make_scorer
 
 
-def test_make_scorer_specs(tiny_rm_dir):
+def test_make_scorer_specs(tiny_rm_dir, tiny_model_dir):
     assert isinstance(make_scorer("refusal"), RefusalDetector)
     assert make_scorer({"type": "refusal", "off_topic": True}).off_topic
     assert isinstance(make_scorer(f"reward_model:{tiny_rm_dir}"), RewardModelScorer)
@@ -307,8 +307,17 @@ def test_make_scorer_specs(tiny_rm_dir):
         make_scorer("nonsense")
     with pytest.raises(UserError, match="field 'reward_model'"):
         make_scorer("reward_model:")
-    with pytest.raises(UserError, match="field 'generator'"):
-        make_scorer("judge")
+    from negalign.evaluation.scorers.verdict import VerdictJudge
+
+    verdict = make_scorer({"type": "judge", "model": str(tiny_model_dir), "rubric": "harm15_reply", "probe": "none"})
+    assert isinstance(verdict, VerdictJudge) and verdict.rubric.name == "harm15_reply" and verdict.probe is None
+    assert make_scorer({"type": "judge", "model": str(tiny_model_dir)}).probe is None  # the shipped probe is Qwen's
+    with pytest.raises(UserError, match="field 'rubric'.*unknown rubric"):
+        make_scorer({"type": "judge", "model": str(tiny_model_dir), "rubric": "nope"})
+    with pytest.raises(UserError, match="field 'scorer.rubric'"):
+        make_scorer({"type": "judge", "generator": RubricReader(), "rubric": "harm15"})
+    with pytest.raises(UserError, match="probe file does not exist"):
+        make_scorer({"type": "judge", "model": str(tiny_model_dir), "probe": "/nonexistent/probe.json"})
     with pytest.raises(UserError, match="field 'scorer.bogus'"):
         make_scorer({"type": "refusal", "bogus": 1})
 

@@ -121,3 +121,13 @@ def test_choices_must_be_distinct_tokens(tiny_model, tokenizer):
     bad = Rubric("bad", RUBRICS["harm15"].render, ("yes", "yes"), (0.0, 1.0))
     with pytest.raises(ValueError, match="same token"):
         VerdictJudge(tiny_model, tokenizer, bad)
+
+
+def test_compare_asks_both_orders(tiny_model, tokenizer):
+    judge = VerdictJudge(tiny_model.eval(), tokenizer, RUBRICS["harm15"])
+    prompts, a, b = ["Explain rain."] * 2, ["Water falls from clouds.", "x"], ["x", "Water falls from clouds."]
+    win = judge.compare(prompts, a, b)
+    swapped = judge.compare(prompts, b, a)
+    assert all(0.0 <= w <= 1.0 for w in win)
+    assert [w + s for w, s in zip(win, swapped)] == pytest.approx([1.0, 1.0])  # order-symmetric by design
+    assert judge.compare(["q"], ["same"], ["same"]) == pytest.approx([0.5])

@@ -2,13 +2,20 @@
 
 - refusal         RefusalDetector: 1.0 refusal / 0.0 not (phrase patterns).
 - harm_classifier HarmClassifier: P(harmful) from MiniLM embeddings + logistic regression.
-- judge           LLMJudge: harmfulness 1-5 (NaN if unparseable); .compare() for helpfulness.
+- judge           VerdictJudge: harm in [0, 1] read from next-token probabilities of a local model
+                  answering a rubric (default: the offline Qwen2.5-Coder-1.5B judge); .compare()
+                  for helpfulness. With a "generator" instead: LLMJudge, free-text 1-5 ratings
+                  through any ChatGenerator (an OpenAI-compatible server).
 - reward_model    RewardModelScorer: a sequence-classification model's logit.
 
 make_scorer(spec) builds one from a config value:
   "refusal" | {"type": "refusal", "off_topic": true}
   "harm_classifier" | {"type": "harm_classifier", "path": "clf.json"}   (no path: the cached
       default, trained without {"exclude_prompts": [...]})
+  "judge" | {"type": "judge", "model": SPEC, "rubric": "harm15", "probe": "default", "batch_size": 8,
+      "threshold": 0.5}: a VerdictJudge on a model name, folder or .gguf (rubrics: harm15,
+      harm15_reply, guard for Llama-Guard-style models, yes_no_guard; "answer_prefix" and
+      "choices" adapt a guard's answer format)
   {"type": "judge", "generator": GEN, "max_new_tokens": 8}, where GEN is any generation spec
       (negalign.generation.factory): a ChatGenerator object, a model spec string for a local
       transformers model ("default", a folder, a .gguf), or {"base_url": "http://...", "model": "name"}
@@ -23,16 +30,18 @@ from typing import Any
 from negalign.base.errors import UserError
 from negalign.evaluation.scorers.harm_classifier import HarmClassifier
 from negalign.evaluation.scorers.judge import LLMJudge
+from negalign.evaluation.scorers.judges import make_verdict_judge
 from negalign.evaluation.scorers.refusal import RefusalDetector
 from negalign.evaluation.scorers.reward_model import RewardModelScorer
 from negalign.generation.factory import make_generator
 
-__all__ = ["HarmClassifier", "LLMJudge", "RefusalDetector", "RewardModelScorer", "make_scorer"]
+__all__ = ["HarmClassifier", "LLMJudge", "RefusalDetector", "RewardModelScorer", "make_scorer", "make_verdict_judge"]
 
 _OPTIONS = {
     "refusal": {"off_topic", "opening_chars"},
     "harm_classifier": {"path", "exclude_prompts"},
-    "judge": {"generator", "max_new_tokens", "max_chars", "batch_size"},
+    "judge": {"generator", "max_new_tokens", "max_chars", "batch_size", "model", "rubric", "probe", "threshold",
+              "max_item_tokens", "answer_prefix", "choices"},
     "reward_model": {"path", "batch_size", "device", "max_length", "trust_remote_code"},
 }
 
@@ -67,9 +76,17 @@ def make_scorer(spec: str | dict):
             return HarmClassifier.load(opts["path"])
         return HarmClassifier.default(opts.get("exclude_prompts", ()))
     if kind == "judge":
-        if "generator" not in opts:
-            raise UserError("the judge scorer needs a generator", field="generator")
-        return LLMJudge(make_generator(opts.pop("generator")), **opts)
+        if "generator" in opts:
+            free_text = {"max_new_tokens", "max_chars", "batch_size"}
+            extra = sorted(set(opts) - free_text - {"generator"})
+            if extra:
+                raise UserError("a judge with a generator takes only max_new_tokens, max_chars, batch_size",
+                                field=f"scorer.{extra[0]}")
+            return LLMJudge(make_generator(opts.pop("generator")), **opts)
+        bad = sorted(set(opts) & {"max_new_tokens", "max_chars"})
+        if bad:
+            raise UserError("only a judge with a generator writes free text", field=f"scorer.{bad[0]}")
+        return make_verdict_judge(**opts)
     if not opts.get("path"):
         raise UserError("the reward_model scorer needs a path", field="reward_model")
     return RewardModelScorer(opts.pop("path"), **opts)

@@ -93,6 +93,7 @@ class VerdictJudge:
         self.stats: Counter = Counter()
         self._prefix_ids, self._template = self._split_template()
         self._prefix_cache = None
+        self._pair_judge: VerdictJudge | None = None
 
     def _split_template(self) -> tuple[list[int], str]:
         """The rendered chat cut at the first item slot: the shared prefix's ids and the rest."""
@@ -177,6 +178,20 @@ class VerdictJudge:
         if probe is not None:
             return probe
         return [sum(p * v for p, v in zip(row, self.rubric.values)) for row in probs]
+
+    def compare(self, prompts: list, replies_a: list[str], replies_b: list[str]) -> list[float]:
+        """P(reply A helps more than B) under the helpful_ab rubric, asked in both orders and averaged,
+        so a judge that favours a slot gives 0.5 rather than a preference."""
+        from negalign.evaluation.scorers.rubrics import RUBRICS, pair_text
+
+        if not len(prompts) == len(replies_a) == len(replies_b):
+            raise ValueError("prompts, replies_a and replies_b must have the same length")
+        if self._pair_judge is None:
+            self._pair_judge = VerdictJudge(self.model, self.tokenizer, RUBRICS["helpful_ab"],
+                                            batch_size=self.batch_size, max_item_tokens=2 * self.max_item_tokens)
+        ab = self._pair_judge.score(prompts, [pair_text(a, b) for a, b in zip(replies_a, replies_b)])
+        ba = self._pair_judge.score(prompts, [pair_text(b, a) for a, b in zip(replies_a, replies_b)])
+        return [(x + 1.0 - y) / 2 for x, y in zip(ab, ba)]
 
     def harmful(self, scores: list[float]) -> list[float]:
         """1.0 where a score is at or above the threshold (NaN stays NaN)."""
