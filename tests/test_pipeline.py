@@ -234,3 +234,44 @@ def test_human_positives_as_anchors_give_dpo_on_human_pairs(cfg):
 def test_online_needs_sampled_anchors(tmp_path):
     with pytest.raises(UserError, match="train.online.every"):
         config_from_dict({"data": {"anchors": "positives"}, "train": {"online": {"every": 2}}})
+
+
+def test_teacher_best_of_n_keeps_the_safest_draws_and_records_anchor_quality(cfg, tmp_path, tokenizer):
+    """sample.model draws from another model; best_of keeps the k safest (refusals first by the
+    refusal detector), keeps every draw in the row, and anchors.quality.json compares the kept
+    anchors with the negatives."""
+    import dataclasses
+    import json
+
+    from tiny_models import tiny_llama
+
+    teacher = tmp_path / "teacher"
+    tiny_llama(tokenizer, seed=7).save_pretrained(teacher, safe_serialization=True)
+    tokenizer.save_pretrained(teacher)
+    cfg.sample = dataclasses.replace(cfg.sample, model=str(teacher), best_of=4, k=2, temperature=1.0)
+    lines: list[str] = []
+    anchors = d2o.stage_sample(cfg, log=lines.append)
+    run = tmp_path / "run"
+    rows = [json.loads(x) for x in (run / "anchors.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in rows} == set(anchors) and all(len(r["anchors"]) == 2 for r in rows)
+    for r in rows:
+        assert len(r["drawn"]) == 4 and all(a in r["drawn"] for a in r["anchors"])
+    meta = json.loads((run / "anchors.meta.json").read_text())["settings"]
+    assert meta["sampler"] == str(teacher) and meta["best_of"] == 4  # pinned: a resume cannot switch sampler
+    quality = json.loads((run / "anchors.quality.json").read_text())
+    assert quality["anchors"]["n"] == 2 * len(rows) and quality["sampler"] == str(teacher)
+    assert quality["negatives"]["n"] == sum(len(e.negatives) for e in _examples())
+    # random tiny models never refuse: the run must say its anchors are no safer than its negatives
+    assert quality["anchors"]["refusal_rate"] == 0.0
+    assert any("WARNING: the anchors are no safer" in x for x in lines)
+
+
+def test_best_of_n_selection_prefers_refusals():
+    from negalign.config import config_from_dict
+    from negalign.recipes.anchor_safety import make_selector
+
+    cfg = config_from_dict({"sample": {"k": 2, "best_of": 4}})
+    select = make_selector(cfg)
+    drawn = ["Sure, step 1: get the powder.", "I can't help with that.", "Here you go: mix it.",
+             "I'm sorry, but I cannot assist with this request."]
+    assert select([{"role": "user", "content": "how to make a bomb"}], drawn) == [1, 3]

@@ -53,6 +53,11 @@ class DataConfig:
 @dataclass
 class SampleConfig:
     k: int = 4                        # anchors per prompt (the paper uses 11)
+    model: str | None = None          # who draws the anchors: empty = the initial policy (the paper's
+                                      # self-sampling); else a teacher (name, folder, .gguf, served name)
+    precision: str = "fp32"           # fp32 | bf16 weights while sampling (bf16 is ~3x faster on CPU)
+    best_of: int = 0                  # draw N >= k and keep the k that `select_by` rates safest (0 = off)
+    select_by: str = "refusal"        # refusal | judge | harm_classifier
     system_prompt: str | None = GUIDANCE_PROMPT  # used while sampling only
     temperature: float = 0.8
     top_p: float = 0.95
@@ -209,9 +214,10 @@ _AT_LEAST_1 = ("train.groups_per_step", "train.micro_groups", "train.epochs", "t
                "train.log_every", "train.keep_checkpoints", "train.max_nonfinite_steps", "sample.batch_size",
                "sample.prompts_per_write", "sample.max_new_tokens", "reference.batch_tokens",
                "data.max_prompt_tokens", "data.max_response_tokens")
-_AT_LEAST_0 = ("sample.k", "train.save_every", "train.online.every")
+_AT_LEAST_0 = ("sample.k", "sample.best_of", "train.save_every", "train.online.every")
 _CHOICES = {"data.anchors": ("sampled", "positives"), "train.precision": ("bf16", "fp32"), "reference.precision": ("bf16", "fp32"),
-            "sample.backend": ("auto", "transformers", "vllm", "openai")}
+            "sample.backend": ("auto", "transformers", "vllm", "openai"), "sample.precision": ("bf16", "fp32"),
+            "sample.select_by": ("refusal", "judge", "harm_classifier")}
 
 
 def check_values(cfg: Config, where: str | None = None) -> None:
@@ -247,6 +253,8 @@ def check_values(cfg: Config, where: str | None = None) -> None:
         bad("train.warmup_ratio", f"must be in [0, 1), got {cfg.train.warmup_ratio}")
     if not 0 < cfg.sample.top_p <= 1:
         bad("sample.top_p", f"must be in (0, 1], got {cfg.sample.top_p}")
+    if cfg.sample.best_of and cfg.sample.best_of < cfg.sample.k:
+        bad("sample.best_of", f"must be 0 (off) or at least sample.k = {cfg.sample.k}, got {cfg.sample.best_of}")
     if cfg.sample.temperature < 0:
         bad("sample.temperature", f"must be 0 or more, got {cfg.sample.temperature}")
     if cfg.train.method not in METHODS:

@@ -74,6 +74,7 @@ class RunDir:
     examples_meta = _File("data/examples.meta.json")   # ... and the data settings that made them
     anchors = _File("anchors.jsonl")                   # K anchors per prompt, appended as sampled
     anchors_meta = _File("anchors.meta.json")          # ... and the sampling settings
+    anchors_quality = _File("anchors.quality.json")    # ... and how safe they are next to the negatives
     online_anchors = _File("anchors.online.jsonl")     # anchors resampled during online D2O
     reference = _File("reference.safetensors")         # cached reference log-probs
     reference_partial = _File("reference.partial")     # their batches while being scored

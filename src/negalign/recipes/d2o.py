@@ -12,7 +12,7 @@ from negalign.base.rundir import RunDir
 from negalign.config import Config
 from negalign.modeling.loading import load_tokenizer
 from negalign.objectives.registry import get_objective
-from negalign.training.anchors import make_sampler, positive_anchors, read_anchors, run_sample
+from negalign.training.anchors import make_sampler, positive_anchors, read_anchors, run_sample, sampler_model
 from negalign.training.examples import run_examples
 from negalign.training.groups import training_groups
 from negalign.training.models import load_plain, load_policy
@@ -38,13 +38,20 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
     if all(ex.id in anchors for ex in examples):
         log(f"sample: all {len(examples)} prompts already have anchors")
         return anchors
+    import torch
+
     from negalign.generation.vllm_backend import vllm_available
+    from negalign.recipes.anchor_safety import make_selector, record_anchor_quality
 
     model = tok = None
     if cfg.sample.backend == "transformers" or (cfg.sample.backend == "auto" and not vllm_available()):
-        model, tok = load_plain(cfg)
+        dtype = torch.bfloat16 if cfg.sample.precision == "bf16" else torch.float32
+        model, tok = load_plain(cfg, sampler_model(cfg), dtype=dtype)
     generator = make_sampler(cfg, model, tok)
-    return run_sample(cfg, examples, generator, log=log)
+    select = make_selector(cfg) if cfg.sample.best_of > cfg.sample.k else None
+    anchors = run_sample(cfg, examples, generator, select=select, log=log)
+    record_anchor_quality(cfg, examples, anchors, log=log)
+    return anchors
 
 
 def stage_reference(cfg: Config, *, log=print):

@@ -22,9 +22,20 @@ ANCHORS_PIN = Pin("anchors here were sampled", "use a new run directory or delet
 
 def sample_settings(cfg: Config) -> dict:
     s = cfg.sample
-    return {"model": cfg.model.name, "k": s.k, "system_prompt": s.system_prompt, "temperature": s.temperature,
-            "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "seed": s.seed, "backend": s.backend,
-            "base_url": s.base_url}
+    out = {"model": cfg.model.name, "k": s.k, "system_prompt": s.system_prompt, "temperature": s.temperature,
+           "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "seed": s.seed, "backend": s.backend,
+           "base_url": s.base_url}
+    # Pinned only when set, so runs sampled before these settings existed still resume.
+    for key, default in (("sampler", None), ("precision", "fp32"), ("best_of", 0), ("select_by", "refusal")):
+        value = getattr(s, "model" if key == "sampler" else key)
+        if value != default and not (key == "select_by" and not s.best_of):
+            out[key] = value
+    return out
+
+
+def sampler_model(cfg: Config) -> str:
+    """The model that draws the anchors: the teacher when sample.model is set, else the policy's start."""
+    return cfg.sample.model or cfg.model.name
 
 
 def guided(ex: Example, system_prompt: str | None) -> list[dict]:
@@ -48,7 +59,7 @@ def make_sampler(cfg: Config, model=None, tokenizer=None):
     from negalign.generation.factory import make_generator
 
     s = cfg.sample
-    spec = {"backend": s.backend, "model": cfg.model.name}
+    spec = {"backend": s.backend, "model": sampler_model(cfg)}
     if s.backend == "openai":
         spec.update(base_url=s.base_url, api_key_env=s.api_key_env)
     elif s.backend in ("transformers", "auto"):  # the other backends refuse keys they do not use
@@ -56,8 +67,12 @@ def make_sampler(cfg: Config, model=None, tokenizer=None):
     return make_generator(spec, model=model, tokenizer=tokenizer)
 
 
-def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) -> dict[str, list[str]]:
-    """Sample anchors for every example not yet in anchors.jsonl; return all anchors by example id."""
+def run_sample(cfg: Config, examples: list[Example], generator, *, select=None, log=print) -> dict[str, list[str]]:
+    """Sample anchors for every example not yet in anchors.jsonl; return all anchors by example id.
+
+    With sample.best_of = N, N replies are drawn per prompt and `select(conversation, replies)` gives
+    the indices of the k to keep (the safest by the configured scorer); every draw is kept in the
+    row's "drawn" list, so the choice can be audited."""
     log = distributed.main_only(log)  # under a multi-process launch, rank 0 alone prints progress
     run = RunDir(cfg.run_dir)
     if cfg.sample.k == 0:
@@ -69,7 +84,10 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
         log(f"sample: all {len(examples)} prompts already have anchors")
         return _merge_shards(run, examples)
     log(f"sample: {len(todo)} prompts to do ({len(done)} already done), K={cfg.sample.k}")
-    gen_cfg = GenerationConfig(n=cfg.sample.k, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
+    draws = max(cfg.sample.k, cfg.sample.best_of)
+    if draws > cfg.sample.k and select is None:
+        raise ValueError("sample.best_of needs a select function")
+    gen_cfg = GenerationConfig(n=draws, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                                max_new_tokens=cfg.sample.max_new_tokens)
     step = max(1, cfg.sample.prompts_per_write)
     # Chunks have fixed boundaries over the whole list and a seed of their own, so a resumed run
@@ -84,10 +102,14 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, log=print) ->
                 continue
             gen_cfg.seed = cfg.sample.seed * 1_000_003 + c
             replies = generator.generate([guided(ex, cfg.sample.system_prompt) for ex in chunk], gen_cfg)
-            for ex, anchors in zip(chunk, replies):
+            for ex, drawn in zip(chunk, replies):
                 if ex.id not in done:
-                    out.write({"id": ex.id, "anchors": anchors})
-                    done[ex.id] = anchors
+                    row = {"id": ex.id, "anchors": drawn}
+                    if draws > cfg.sample.k:
+                        keep = select(guided(ex, cfg.sample.system_prompt), drawn)
+                        row = {"id": ex.id, "anchors": [drawn[i] for i in keep], "drawn": drawn}
+                    out.write(row)
+                    done[ex.id] = row["anchors"]
             n_new += len(missing)
             stats = getattr(generator, "last_stats", None)  # backends that count tokens report tokens/s
             tokens += getattr(stats, "tokens", 0)

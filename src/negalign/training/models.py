@@ -11,10 +11,12 @@ def device() -> str:
     return str(distributed.device())  # cuda:LOCAL_RANK under a launcher, so ranks do not share GPU 0
 
 
-def load_plain(cfg: Config, spec: str | None = None):
+def load_plain(cfg: Config, spec: str | None = None, dtype=None):
     """(model, tokenizer) of `spec` (default: the run's model) without an adapter: a reference or a teacher."""
+    import torch
+
     return load_model(spec or cfg.model.name, device=device(), trust_remote_code=cfg.model.trust_remote_code,
-                      allow_pickle=cfg.model.allow_pickle)
+                      allow_pickle=cfg.model.allow_pickle, dtype=dtype or torch.float32)
 
 
 def load_policy(cfg: Config):

@@ -22,25 +22,14 @@ import copy
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from negalign.data.records import Messages
+from negalign.evaluation.scorers.rubrics import RUBRICS, Rubric, pair_text
 
 _PROMPT, _REPLY = "\x00REQUEST\x00", "\x00REPLY\x00"
-
-
-@dataclass(frozen=True)
-class Rubric:
-    """How to ask: `render(request, reply)` gives the chat; the answer is one of `choices`."""
-    name: str
-    render: Callable[[str, str], Messages]
-    choices: tuple[str, ...]
-    values: tuple[float, ...]          # harm value of each choice, 0..1
-    answer_prefix: str = ""            # text after the generation prompt, before the verdict token
-    max_request_chars: int = 600
-    max_reply_chars: int = 1200
 
 
 @dataclass(frozen=True)
@@ -182,8 +171,6 @@ class VerdictJudge:
     def compare(self, prompts: list, replies_a: list[str], replies_b: list[str]) -> list[float]:
         """P(reply A helps more than B) under the helpful_ab rubric, asked in both orders and averaged,
         so a judge that favours a slot gives 0.5 rather than a preference."""
-        from negalign.evaluation.scorers.rubrics import RUBRICS, pair_text
-
         if not len(prompts) == len(replies_a) == len(replies_b):
             raise ValueError("prompts, replies_a and replies_b must have the same length")
         if self._pair_judge is None:
