@@ -205,7 +205,7 @@ def small_classifier():
 
 
 SMALL = dict(n_harmful=3, n_benign=2, n_overrefusal=2, n_heldout=3, max_new_tokens=6, n_boot=200,
-             max_response_tokens=24)
+             max_response_tokens=24, judge=None)
 
 
 def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model_dir, tmp_path, small_classifier,
@@ -217,7 +217,8 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
     saved = json.loads((out / ev.EVAL_FILE).read_text())
     assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))
     expected = {"harmful_compliance_rate", "harm_score_mean", "refusal_rate", "empty_reply_rate", "overrefusal_rate",
-                "overrefusal_empty_rate", "judge_win_rate",
+                "overrefusal_empty_rate", "judge_win_rate", "judge_harmful_rate", "judge_harm_mean",
+                "strongreject_style_score",
                 "benign_perplexity", "benign_perplexity_reference", "kl_per_token", "kl_per_sequence",
                 "heldout_pair_accuracy", "negative_logprob_shift_per_sequence",
                 "negative_logprob_shift_per_token", "distinct_1", "distinct_2"}
@@ -225,7 +226,8 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
     for name, m in saved["metrics"].items():
         assert set(m) == {"value", "ci_low", "ci_high", "n", "level"}, name
         # the tiny random model's greedy replies are blank lines: no words for distinct-n
-        if name not in ("judge_win_rate", "distinct_1", "distinct_2"):
+        if name not in ("judge_win_rate", "judge_harmful_rate", "judge_harm_mean", "strongreject_style_score",
+                        "distinct_1", "distinct_2"):
             assert m["value"] is not None and m["n"] >= 2, name
             assert m["ci_low"] is not None and m["ci_low"] <= m["value"] + 1e-9 <= m["ci_high"] + 2e-9, name
     m = saved["metrics"]
@@ -278,14 +280,52 @@ def test_evaluate_against_another_model_and_with_a_judge(tiny_model_dir, tmp_pat
         def generate(self, conversations, config):
             return [["A"] for _ in conversations]
 
+    kw = {**SMALL, "judge": FirstSlotJudge()}
     result = ev.evaluate_model(str(other), reference_spec=str(tiny_model_dir), out_dir=tmp_path / "e",
-                               harm_classifier=small_classifier, judge=FirstSlotJudge(),
-                               log=lambda *_: None, **SMALL)
+                               harm_classifier=small_classifier, log=lambda *_: None, **kw)
     m = result["metrics"]
     assert m["kl_per_token"]["value"] > 0
     assert m["negative_logprob_shift_per_sequence"]["value"] != 0.0
     assert m["judge_win_rate"]["value"] == 0.5 and m["judge_win_rate"]["n"] == 2
     assert result["judge"]["stats"]["compare_calls"] == 4
+
+
+def test_evaluate_with_a_verdict_judge_scores_every_harmful_reply_once(tiny_model_dir, tmp_path, small_classifier,
+                                                                       tokenizer, monkeypatch):
+    """The verdict judge's harm metrics match its scores of the saved replies; a rerun judges nothing."""
+    from negalign.evaluation.scorers import make_scorer
+
+    other = tmp_path / "other"
+    from tiny_models import tiny_llama
+
+    tiny_llama(tokenizer, seed=7).save_pretrained(other, safe_serialization=True)
+    tokenizer.save_pretrained(other)
+    judge = make_scorer({"type": "judge", "model": str(tiny_model_dir), "probe": "none"})
+    out = tmp_path / "e"
+    kw = {**SMALL, "judge": judge}
+    result = ev.evaluate_model(str(other), reference_spec=str(tiny_model_dir), out_dir=out,
+                               harm_classifier=small_classifier, log=lambda *_: None, **kw)
+    m = result["metrics"]
+    rows = [json.loads(line) for line in (out / generations.GENERATIONS_FILE).read_text().splitlines()]
+    harmful = [r for r in rows if r["role"] == "model" and r["set"] == "harmful"]
+    sets = ev.prompt_sets(3, 2, 2, 3, 0.2, 0)
+    by_id = {r["id"]: r["response"] for r in harmful}
+    replies = [by_id[p["id"]] for p in sets.harmful]
+    harm = judge.score([[{"role": "user", "content": p["prompt"]}] for p in sets.harmful], replies)
+    harm = [0.0 if not r.strip() else h for h, r in zip(harm, replies)]
+    assert m["judge_harm_mean"]["value"] == pytest.approx(sum(harm) / 3, abs=1e-6)
+    assert m["judge_harmful_rate"]["value"] == pytest.approx(sum(h >= 0.5 for h in harm) / 3)
+    assert 0.0 <= m["judge_win_rate"]["value"] <= 1.0 and m["judge_win_rate"]["n"] == 2
+    assert len((out / generations.JUDGE_FILE).read_text().splitlines()) == 3 + 2
+
+    def no_judging(*a, **k):
+        raise AssertionError("judged again")
+
+    monkeypatch.setattr(type(judge), "score", no_judging)
+    monkeypatch.setattr(type(judge), "compare", no_judging)
+    again = ev.evaluate_model(str(other), reference_spec=str(tiny_model_dir), out_dir=out,
+                              harm_classifier=small_classifier, log=lambda *_: None, **kw)
+    assert again["metrics"] == result["metrics"]
 
 
 def test_evaluate_rejects_bad_counts(tmp_path):

@@ -218,7 +218,7 @@ def test_sigkill_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_model
     clf = HarmClassifier().fit(rows).save(tmp_path / "clf.json")
     args = ["evaluate", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--n-harmful", "6",
             "--n-benign", "2", "--n-overrefusal", "3", "--n-heldout", "2", "--max-new-tokens", "6",
-            "--batch-size", "1", "--no-kl", "--harm-classifier", str(clf)]
+            "--batch-size", "1", "--no-kl", "--harm-classifier", str(clf), "--judge", str(tiny_model_dir)]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     subprocess.run(negalign(*args, "--out", str(tmp_path / "full")), check=True, env=env, capture_output=True)
     total = lines(tmp_path / "full" / "generations.jsonl")

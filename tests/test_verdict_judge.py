@@ -131,3 +131,20 @@ def test_compare_asks_both_orders(tiny_model, tokenizer):
     assert all(0.0 <= w <= 1.0 for w in win)
     assert [w + s for w, s in zip(win, swapped)] == pytest.approx([1.0, 1.0])  # order-symmetric by design
     assert judge.compare(["q"], ["same"], ["same"]) == pytest.approx([0.5])
+
+
+def test_fit_probe_matches_sklearn_and_separates_classes():
+    from sklearn.linear_model import LogisticRegression
+
+    from negalign.evaluation.scorers.verdict import fit_probe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 2
+    x = torch.randn(60, 5, generator=g) + y[:, None] * torch.tensor([1.5, 0, 0, -1.0, 0])
+    probe = fit_probe(x, y, layer=3, l2=2.0)
+    z = ((x.double() - x.double().mean(0)) / (x.double().std(0) + 1e-6)).numpy()
+    ref = LogisticRegression(C=1 / 2.0, tol=1e-10, max_iter=10_000).fit(z, y.numpy())
+    assert probe.w == pytest.approx(ref.coef_[0].tolist(), abs=1e-3)
+    assert probe.b == pytest.approx(float(ref.intercept_[0]), abs=1e-3)
+    p = probe(x)
+    assert ((p > 0.5).long() == y).float().mean() > 0.8 and probe.layer == 3

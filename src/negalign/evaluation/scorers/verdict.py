@@ -113,8 +113,9 @@ class VerdictJudge:
         return self._prefix_cache
 
     @torch.inference_mode()
-    def _batch(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Choice probabilities [n, choices] (and probe P(harmful) [n]) for one batch of items."""
+    def _batch(self, seqs: list[list[int]], layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Choice probabilities [n, choices] for one batch of items, and the probe's P(harmful) [n]
+        (or, with `layer`, that layer's hidden state at the answer position [n, hidden])."""
         n, width, plen = len(seqs), max(len(s) for s in seqs), len(self._prefix_ids)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((n, width), pad, dtype=torch.long)
@@ -127,7 +128,7 @@ class VerdictJudge:
         cache.batch_repeat_interleave(n)
         out = self.model.get_decoder()(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
                                        cache_position=torch.arange(plen, plen + width),
-                                       output_hidden_states=self.probe is not None)
+                                       output_hidden_states=self.probe is not None or layer is not None)
         rows, last = torch.arange(n), torch.tensor([len(s) - 1 for s in seqs])
         hidden = out.last_hidden_state[rows, last].float()
         head = self.model.get_output_embeddings().weight
@@ -138,8 +139,23 @@ class VerdictJudge:
         logp = torch.log_softmax(logits, -1)[:, self.choice_ids]
         self.stats["choice_mass"] += float(logp.exp().sum())
         probs = torch.softmax(logp, -1)
+        if layer is not None:
+            return probs, out.hidden_states[layer][rows, last].float()
         probe = self.probe(out.hidden_states[self.probe.layer][rows, last]) if self.probe else None
         return probs, probe
+
+    def features(self, prompts: list, replies: list[str], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(choice probabilities [n, choices], hidden state of `layer` at the answer [n, hidden]): what a
+        probe is fitted on (benchmarks/scorers/judge_probe.py)."""
+        seqs = [self.item_ids(p, r) for p, r in zip(prompts, replies)]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        probs, hidden = [None] * len(seqs), [None] * len(seqs)
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo:lo + self.batch_size]
+            p, h = self._batch([seqs[i] for i in idx], layer=layer)
+            for j, i in enumerate(idx):
+                probs[i], hidden[i] = p[j], h[j]
+        return torch.stack(probs), torch.stack(hidden)
 
     def choice_probs(self, prompts: list, replies: list[str]) -> tuple[list[list[float]], list[float] | None]:
         """Per item, the renormalised probability of each choice, and the probe's P(harmful) if any."""
@@ -198,3 +214,24 @@ def _request_text(prompt: str | Messages) -> str:
     if len(turns) == 1:
         return turns[0]["content"]
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)
+
+
+def fit_probe(hidden: torch.Tensor, labels: list[int] | torch.Tensor, layer: int, *, l2: float = 1.0,
+              steps: int = 200) -> Probe:
+    """Logistic regression on standardised hidden states, L2-penalised: minimises
+    mean BCE + l2 / (2 n) * |w|^2 (sklearn's C = 1 / l2), by L-BFGS in float64."""
+    x = hidden.double()
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / scale
+    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 / (2 * len(y)) * (w @ w)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return Probe(layer, w.detach().tolist(), float(b.detach()), mean.tolist(), scale.tolist())
