@@ -27,3 +27,10 @@ def test_verdict_says_what_happened():
 def test_table_columns_line_up():
     lines = [l for l in format_table(_table(-366.0, 2.02)).splitlines() if l.startswith("|")]
     assert len({len(l) for l in lines}) == 1 and len(lines) == 6
+
+
+def test_table_shows_the_judge_row_when_judged():
+    t = {**_table(-366.0, 2.02), "judge_harmful_rate_before": 0.5, "judge_harmful_rate_after": 0.25}
+    lines = [l for l in format_table(t).splitlines() if l.startswith("|")]
+    assert len({len(l) for l in lines}) == 1 and len(lines) == 7
+    assert any("judged harmful" in l and "50.0%" in l and "25.0%" in l for l in lines)

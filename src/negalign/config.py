@@ -118,6 +118,7 @@ class EvalConfig:
     benign_prompts: int = 24          # benign prompts for perplexity
     max_new_tokens: int = 64
     seed: int = 0
+    judge: str | None = "default"     # harm judge for the before/after table: default | none | a model
 
 
 @dataclass

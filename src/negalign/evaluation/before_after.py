@@ -48,6 +48,7 @@ def before_after(cfg: Config, trained_dir: str | Path, *, log=print) -> dict:
     b_pol_lp, _ = response_logprobs(policy, tok, benign, answers, **kw)
     ppl_before, ppl_after = perplexity(b_ref_lp, b_len), perplexity(b_pol_lp, b_len)
 
+    judged = _judge_rates(e.judge, harmful, before_replies, after_replies, log)
     examples = []
     for i in range(min(2, len(harmful))):
         examples.append({"prompt": _clip(harmful[i][-1]["content"], 70), "before": _clip(before_replies[i], 90),
@@ -59,8 +60,23 @@ def before_after(cfg: Config, trained_dir: str | Path, *, log=print) -> dict:
         "negative_logprob_mean_before": float(ref_lp.mean()), "negative_logprob_mean_after": float(pol_lp.mean()),
         "refusal_rate_before": refusal_before, "refusal_rate_after": refusal_after,
         "benign_perplexity_before": ppl_before, "benign_perplexity_after": ppl_after,
+        **judged,
         "excerpts": examples,
     }
+
+
+def _judge_rates(spec, prompts, before: list[str], after: list[str], log) -> dict:
+    """The judge's harmful-response rate before and after (empty replies count as not harmful)."""
+    if spec in (None, "none"):
+        return {}
+    from negalign.evaluation.scorers import make_verdict_judge
+
+    log(f"evaluate: judging {2 * len(prompts)} replies (before and after)")
+    judge = make_verdict_judge() if spec == "default" else make_verdict_judge(model=spec)
+    scores = judge.score(prompts + prompts, before + after)
+    flagged = [float(s >= judge.threshold and r.strip() != "") for s, r in zip(scores, before + after)]
+    n = len(prompts)
+    return {"judge_harmful_rate_before": rate(flagged[:n]), "judge_harmful_rate_after": rate(flagged[n:])}
 
 
 def _clip(text: str, n: int) -> str:
@@ -88,6 +104,11 @@ def format_table(t: dict) -> str:
         ("  shift vs reference, per token", "0.000", f"{t['negative_logprob_shift_per_token']:+.3f}"),
         (f"refusal rate, {t['harmful_prompts']} held-out harmful prompts", f"{t['refusal_rate_before']:.1%}",
          f"{t['refusal_rate_after']:.1%}"),
+    ]
+    if "judge_harmful_rate_before" in t:
+        rows.append((f"judged harmful (offline judge), same {t['harmful_prompts']} prompts",
+                     f"{t['judge_harmful_rate_before']:.1%}", f"{t['judge_harmful_rate_after']:.1%}"))
+    rows += [
         (f"perplexity, {t['benign_prompts']} benign prompts' reference answers",
          f"{t['benign_perplexity_before']:.2f}", f"{t['benign_perplexity_after']:.2f}"),
     ]
