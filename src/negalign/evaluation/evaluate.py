@@ -186,8 +186,8 @@ class FreeTextJudge:
 
 def make_judge(spec):
     """None/'none' -> no judge; 'default' -> the offline VerdictJudge; a model name, folder or .gguf ->
-    a VerdictJudge on it; {"base_url", "model"} or a ChatGenerator -> a FreeTextJudge; an object with
-    score/compare/threshold -> itself."""
+    a VerdictJudge on it; {"model", "rubric", ...} -> make_verdict_judge(**spec); {"base_url", "model"}
+    or a ChatGenerator -> a FreeTextJudge; an object with score/compare/threshold -> itself."""
     from negalign.evaluation.scorers import make_verdict_judge
 
     if spec is None or spec == "none":
@@ -196,6 +196,8 @@ def make_judge(spec):
         return make_verdict_judge()
     if isinstance(spec, str):
         return make_verdict_judge(model=spec)
+    if isinstance(spec, dict) and "base_url" not in spec:
+        return make_verdict_judge(**spec)
     if isinstance(spec, dict):
         from negalign.generation.factory import make_generator
 
