@@ -218,7 +218,8 @@ def test_sigkill_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_model
     clf = HarmClassifier().fit(rows).save(tmp_path / "clf.json")
     args = ["evaluate", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--n-harmful", "6",
             "--n-benign", "2", "--n-overrefusal", "3", "--n-heldout", "2", "--max-new-tokens", "6",
-            "--batch-size", "1", "--no-kl", "--harm-classifier", str(clf), "--judge", str(tiny_model_dir)]
+            "--batch-size", "1", "--no-kl", "--harm-classifier", str(clf), "--judge", str(tiny_model_dir),
+            "--judge-batch-size", "1"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     subprocess.run(negalign(*args, "--out", str(tmp_path / "full")), check=True, env=env, capture_output=True)
     total = lines(tmp_path / "full" / "generations.jsonl")
@@ -234,3 +235,19 @@ def test_sigkill_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_model
     assert got == want
     a, b = (json.loads((d / "eval.json").read_text()) for d in (killed, tmp_path / "full"))
     assert a["metrics"] == b["metrics"] and a["per_category"] == b["per_category"]
+
+    # the judge: replies already there, killed while scoring (one durable line per judged reply)
+    judged = tmp_path / "judged"
+    judged.mkdir()
+    shutil.copy(tmp_path / "full" / "generations.jsonl", judged / "generations.jsonl")
+    n_judged = lines(tmp_path / "full" / "judge_scores.jsonl")
+    assert n_judged == 6  # the harmful replies; no pairwise win rate against itself
+    points = run_with_kills(negalign(*args, "--out", str(judged)), lambda: lines(judged / "judge_scores.jsonl"),
+                            3, n_judged, rng, tmp_path / "judge.log", max_delay=0.005)
+    print(f"evaluate: judge kills at progress points {points} of {n_judged}")
+    assert any(0 < p < n_judged for p in points), points
+    got, want = (sorted(_rows(d / "judge_scores.jsonl"), key=lambda r: r["key"]) for d in (judged, tmp_path / "full"))
+    assert len(got) == len({r["key"] for r in got}) == n_judged, "a reply judged twice or lost"
+    assert got == want
+    c = json.loads((judged / "eval.json").read_text())
+    assert c["metrics"] == b["metrics"]

@@ -47,7 +47,7 @@ BASE = {
               "save_every": 2, "keep_checkpoints": 1, "seed": 0},
 }
 EVAL = {"n_harmful": 12, "n_benign": 6, "n_overrefusal": 8, "n_heldout": 20, "max_new_tokens": 32,
-        "batch_size": 12, "max_response_tokens": 64}
+        "batch_size": 12, "max_response_tokens": 64, "judge": None}
 
 # (run name, overrides). Order = priority: the main table first, then seeds, then ablations.
 RUNS: list[tuple[str, dict]] = [

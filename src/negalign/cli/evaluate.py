@@ -29,6 +29,8 @@ def add_evaluate_parser(sub) -> None:
                    help="'default' (the offline Qwen2.5-Coder-1.5B judge), 'none', a judge model folder or .gguf, "
                         "or an OpenAI-compatible base URL (with --judge-model)")
     p.add_argument("--judge-model", help="model name on the judge server")
+    p.add_argument("--judge-batch-size", type=int, help="items per judge forward and per durable write "
+                                                         "of judge_scores.jsonl (default 8)")
     p.add_argument("--judge-rubric", help="rubric for a local judge model: harm15 (default), harm15_reply, "
                                           "guard (Llama-Guard-style safe/unsafe), yes_no_guard")
     p.add_argument("--harm-classifier", help="a saved harm classifier JSON (default: trained with exclusions)")
@@ -61,8 +63,12 @@ def main_evaluate(args) -> int:
         if not args.judge_model:
             raise UserError("a judge server needs --judge-model", field="--judge-model")
         judge = {"base_url": args.judge, "model": args.judge_model}
-    elif args.judge_rubric:
-        judge = {"model": "qwen2.5-coder-1.5b" if judge == "default" else judge, "rubric": args.judge_rubric}
+    elif args.judge_rubric or args.judge_batch_size:
+        if judge == "none":
+            raise UserError("--judge-rubric and --judge-batch-size need a judge", field="--judge")
+        judge = {"model": "qwen2.5-coder-1.5b" if judge == "default" else judge,
+                 **({"rubric": args.judge_rubric} if args.judge_rubric else {}),
+                 **({"batch_size": args.judge_batch_size} if args.judge_batch_size else {})}
     base = QUICK_SIZES if args.quick else DEFAULT_SIZES
     sizes = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in base}
     result = evaluate_model(spec, reference_spec=args.reference, out_dir=args.out or default_out, **sizes,

@@ -233,7 +233,8 @@ def cached_scorer(judge, store: ScoreStore, log):
             compute = lambda idx: judge.compare([prompts[i] for i in idx], [replies[0][i] for i in idx],  # noqa: E731
                                                 [replies[1][i] for i in idx])
         label = "harmful replies" if kind == "harm" else "benign pairs"
-        return store.scored(keys, compute, label=label, log=log)
+        chunk = max(1, getattr(judge, "batch_size", 16))  # one durable write per judge batch
+        return store.scored(keys, compute, chunk=chunk, label=label, log=log)
     return scored
 
 
