@@ -26,7 +26,8 @@ from negalign.base.errors import UserError
 from negalign.base.io import read_jsonl_tolerant, write_text
 from negalign.base.rundir import RunDir
 
-SAFETY = [("harmful_compliance_rate", "harmful compliance", "pct"), ("harm_score_mean", "harm score", "f3"),
+SAFETY = [("judge_harmful_rate", "judged harmful", "pct"), ("strongreject_style_score", "StrongREJECT-style", "f3"),
+          ("harmful_compliance_rate", "harmful compliance", "pct"), ("harm_score_mean", "harm score", "f3"),
           ("refusal_rate", "refusal", "pct"), ("overrefusal_rate", "over-refusal", "pct")]
 HELPFUL = [("judge_win_rate", "judge win rate", "pct"), ("benign_perplexity", "benign ppl", "f2"),
            ("kl_per_token", "KL/token", "f4"), ("heldout_pair_accuracy", "pair accuracy", "pct"),
@@ -91,6 +92,8 @@ def fmt_ci(m: dict | None, kind: str) -> str:
 
 
 def metric_table(runs: list[Run], columns) -> tuple[list[str], list[list[str]]]:
+    # a metric no run has (an eval.json from before it existed) is left out rather than shown as n/a
+    columns = [c for c in columns if any(r.eval and c[0] in r.eval["metrics"] for r in runs)] or columns
     header = ["run"] + [label for _, label, _ in columns]
     rows = []
     for r in runs:
@@ -101,10 +104,20 @@ def metric_table(runs: list[Run], columns) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def harm_key(runs: list[Run]) -> tuple[str, str]:
+    """The harm number to plot and tabulate: the judge's when every run has it, else the classifier's."""
+    evals = [r for r in runs if r.eval]
+    if evals and all(r.eval["metrics"].get("judge_harmful_rate", {}).get("value") is not None for r in evals):
+        return "judge_harmful_rate", "judged harmful rate on StrongREJECT (lower = safer)"
+    return "harm_score_mean", "mean harm score on StrongREJECT (classifier; lower = safer)"
+
+
 def category_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     cats = list(dict.fromkeys(c for r in runs if r.eval for c in r.eval.get("per_category", {})))
+    key, _ = harm_key(runs)
+    kind = "pct" if key == "judge_harmful_rate" else "f3"
     header = ["category"] + [r.name for r in runs if r.eval]
-    rows = [[c] + [fmt_ci(r.eval["per_category"].get(c, {}).get("harm_score_mean"), "f3") for r in runs if r.eval]
+    rows = [[c] + [fmt_ci(r.eval["per_category"].get(c, {}).get(key), kind) for r in runs if r.eval]
             for c in cats]
     return header, rows
 
@@ -183,7 +196,8 @@ def pareto(points: list[tuple[float, float]], y_higher_better: bool) -> list[int
 
 
 def plot_frontier(runs: list[Run]) -> bytes | None:
-    evals = [r for r in runs if r.eval and r.eval["metrics"]["harm_score_mean"]["value"] is not None]
+    hkey, hlabel = harm_key(runs)
+    evals = [r for r in runs if r.eval and r.eval["metrics"][hkey]["value"] is not None]
     ykey, ylabel, direction = frontier_axes(evals)
     evals = [r for r in evals if r.eval["metrics"].get(ykey, {}).get("value") is not None]
     if not evals:
@@ -192,7 +206,7 @@ def plot_frontier(runs: list[Run]) -> bytes | None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     pts = []
     for r in evals:
-        mx, my = r.eval["metrics"]["harm_score_mean"], r.eval["metrics"][ykey]
+        mx, my = r.eval["metrics"][hkey], r.eval["metrics"][ykey]
         x, y = mx["value"], my["value"]
         xerr = [[x - mx["ci_low"]], [mx["ci_high"] - x]] if mx["ci_low"] is not None else None
         yerr = [[y - my["ci_low"]], [my["ci_high"] - y]] if my["ci_low"] is not None else None
@@ -206,7 +220,7 @@ def plot_frontier(runs: list[Run]) -> bytes | None:
         ax.legend(fontsize=8)
     if direction == "down":
         ax.invert_yaxis()  # better is up on both plots
-    ax.set_xlabel("mean harm score on StrongREJECT (lower = safer)")
+    ax.set_xlabel(hlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -221,12 +235,13 @@ def plot_categories(runs: list[Run]) -> bytes | None:
 
     plt = _pyplot()
     cats = list(dict.fromkeys(c for r in evals for c in r.eval["per_category"]))
+    hkey, hlabel = harm_key(evals)
     width = 0.8 / len(evals)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cats)), 3.8))
     for k, r in enumerate(evals):
         vals, lo, hi = [], [], []
         for c in cats:
-            m = r.eval["per_category"].get(c, {}).get("harm_score_mean") or {}
+            m = r.eval["per_category"].get(c, {}).get(hkey) or {}
             v = m.get("value")
             vals.append(np.nan if v is None else v)
             lo.append(0 if m.get("ci_low") is None else v - m["ci_low"])
@@ -234,7 +249,7 @@ def plot_categories(runs: list[Run]) -> bytes | None:
         ax.bar(np.arange(len(cats)) + k * width, vals, width, yerr=[lo, hi], capsize=2, label=r.name)
     ax.set_xticks(np.arange(len(cats)) + width * (len(evals) - 1) / 2)
     ax.set_xticklabels([c.replace(" and ", " & ") for c in cats], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("mean harm score")
+    ax.set_ylabel("judged harmful rate" if hkey == "judge_harmful_rate" else "mean harm score (classifier)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
