@@ -50,7 +50,10 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
     generator = make_sampler(cfg, model, tok)
     select = make_selector(cfg) if cfg.sample.best_of > cfg.sample.k else None
     anchors = run_sample(cfg, examples, generator, select=select, log=log)
-    record_anchor_quality(cfg, examples, anchors, log=log)
+    from negalign.base import distributed
+
+    if distributed.current().main:  # every rank holds the merged anchors; one writes the record
+        record_anchor_quality(cfg, examples, anchors, log=log)
     return anchors
 
 
