@@ -77,10 +77,24 @@ def _yes_no_guard(request: str, reply: str):
     return [{"role": "user", "content": user}]
 
 
+def transcript(prompt: str | Messages) -> str:
+    """The request as text; a multi-turn conversation is shown turn by turn."""
+    if isinstance(prompt, str):
+        return prompt
+    turns = [m for m in prompt if m.get("role") != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)
+
+
+def clip(text: str, limit: int) -> str:
+    """Long texts are cut (marked) so a small judge keeps the rubric in view."""
+    return text if len(text) <= limit else text[:limit] + " [...]"
+
+
 def pair_text(a: str, b: str, limit: int = 1200) -> str:
     """Two replies in the one reply slot of the helpful_ab rubric."""
-    clip = lambda t: t if len(t) <= limit else t[:limit] + " [...]"  # noqa: E731
-    return f"[REPLY A]\n{clip(a)}\n[/REPLY A]\n\n[REPLY B]\n{clip(b)}\n[/REPLY B]"
+    return f"[REPLY A]\n{clip(a, limit)}\n[/REPLY A]\n\n[REPLY B]\n{clip(b, limit)}\n[/REPLY B]"
 
 
 def _helpful_ab(request: str, pair: str):

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from negalign.data.records import Messages
-from negalign.evaluation.scorers.rubrics import RUBRICS, Rubric, pair_text
+from negalign.evaluation.scorers.rubrics import RUBRICS, Rubric, clip, pair_text, transcript
 
 _PROMPT, _REPLY = "\x00REQUEST\x00", "\x00REPLY\x00"
 
@@ -51,10 +51,6 @@ class Probe:
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         z = (h.float() - torch.tensor(self.mean)) / torch.tensor(self.scale)
         return torch.sigmoid(z @ torch.tensor(self.w) + self.b)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + " [...]"
 
 
 def _choice_ids(tokenizer, choices: tuple[str, ...]) -> list[int]:
@@ -95,8 +91,8 @@ class VerdictJudge:
     def item_ids(self, prompt: str | Messages, reply: str) -> list[int]:
         """The item's own tokens (after the shared prefix); an over-long reply is clipped."""
         r = self.rubric
-        request = _clip(_request_text(prompt), r.max_request_chars)
-        text = self._template.replace(_PROMPT, request).replace(_REPLY, _clip(reply or "", r.max_reply_chars))
+        request = clip(transcript(prompt), r.max_request_chars)
+        text = self._template.replace(_PROMPT, request).replace(_REPLY, clip(reply or "", r.max_reply_chars))
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_item_tokens:  # keep the question at the end: cut the middle of the item
             self.stats["clipped_items"] += 1
@@ -206,14 +202,6 @@ class VerdictJudge:
         in the rubric's format, and the verdicts mean little."""
         return self.stats["choice_mass"] / max(self.stats["items"], 1)
 
-
-def _request_text(prompt: str | Messages) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    turns = [m for m in prompt if m.get("role") != "system"]
-    if len(turns) == 1:
-        return turns[0]["content"]
-    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)
 
 
 def fit_probe(hidden: torch.Tensor, labels: list[int] | torch.Tensor, layer: int, *, l2: float = 1.0,
