@@ -56,6 +56,20 @@ def test_d2o_masked_padding_never_leaks():
     assert torch.isfinite(got).all()
 
 
+def test_d2o_hold_rows_keep_only_the_anchor_term():
+    # Row 1 is a hold group (no negative): its loss is -log sigmoid(beta * mean anchor ratio), whatever
+    # sits in the negative slot (even NaN); row 0 is unchanged.
+    beta, alpha = 0.1, 0.2
+    pn = t(PN)
+    pn[1] = float("nan")
+    got = losses.d2o_loss(t(PA), t(RA), pn, t(RN), beta=beta, alpha=alpha, anchor_mask=torch.tensor(MASK),
+                          negative_mask=torch.tensor([True, False]))
+    diffs0 = [PA[0][i] - RA[0][i] for i in (0, 2)]
+    z0 = beta * sum(diffs0) / 2 - alpha * (PN[0] - RN[0])
+    z1 = beta * sum(PA[1][i] - RA[1][i] for i in range(3)) / 3
+    assert got.tolist() == pytest.approx([-logsig(z0), -logsig(z1)], rel=1e-12)
+
+
 def test_npo_hand_computed():
     beta = 0.5
     got = losses.npo_loss(t(PN), t(RN), beta=beta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from pathlib import Path
 
@@ -264,6 +265,74 @@ def test_teacher_best_of_n_keeps_the_safest_draws_and_records_anchor_quality(cfg
     # random tiny models never refuse: the run must say its anchors are no safer than its negatives
     assert quality["anchors"]["refusal_rate"] == 0.0
     assert any("WARNING: the anchors are no safer" in x for x in lines)
+
+
+@pytest.mark.e2e
+def test_hold_groups_sample_the_initial_model_unguided_and_train_without_a_negative(cfg, tmp_path, tokenizer):
+    """data.hold adds one group per benign prompt: anchors drawn from the initial model without the
+    guidance prompt (even when a teacher draws the main anchors), an empty negative slot, and a loss
+    with no negative term; the negatives' metrics leave the hold groups out."""
+    import dataclasses
+
+    from tiny_models import tiny_llama
+
+    from negalign.training.anchors import read_anchors
+
+    teacher = tmp_path / "teacher"
+    tiny_llama(tokenizer, seed=7).save_pretrained(teacher, safe_serialization=True)
+    tokenizer.save_pretrained(teacher)
+    hold_file = tmp_path / "hold.txt"
+    hold_file.write_text("How do I kill a Python process?\n\nWhat is the history of fireworks?\n")
+    cfg.sample = dataclasses.replace(cfg.sample, model=str(teacher))
+    cfg.data = dataclasses.replace(cfg.data, hold=str(hold_file))
+    lines: list[str] = []
+    d2o.stage_sample(cfg, log=lines.append)
+    run = tmp_path / "run"
+    hold = read_anchors(run / "hold")
+    assert sorted(hold) == ["hold-1", "hold-3"] and all(len(a) == 2 for a in hold.values())
+    meta = json.loads((run / "hold" / "anchors.meta.json").read_text())["settings"]
+    assert meta["model"] == cfg.model.name and meta["system_prompt"] is None and "sampler" not in meta
+    main_meta = json.loads((run / "anchors.meta.json").read_text())["settings"]
+    assert main_meta["sampler"] == str(teacher)
+
+    examples = run_examples(cfg)
+    model, tok = load_model(cfg.model.name)
+    groups, index, k, _ = training_groups(cfg, tok, examples, read_anchors(run), log=lines.append)
+    assert len(groups) == len(index) + 2 and all(g.response_ids[-1] == [] for g in groups[-2:])
+    assert any("2 hold groups" in x for x in lines)
+    ref = d2o.stage_reference(cfg, log=lambda *_: None)
+    assert ref.negative_lengths[-2:].tolist() == [0, 0] and ref.negative_logps[-2:].tolist() == [0.0, 0.0]
+
+    from negalign.objectives.registry import compute_objective
+    from negalign.training.step import TrainData, batch_logps
+
+    data = TrainData(groups, k, ref)
+    with torch.no_grad():
+        lp = batch_logps(model, data, [0, len(groups) - 1], "d2o", chunk_tokens=256, grouped=True,
+                         autocast=__import__("contextlib").nullcontext)
+        loss, metrics = compute_objective("d2o", lp, {"beta": 0.1, "alpha": 0.1})
+    # the initial model is the reference: the hold row's log-ratio is 0, so its loss is log 2
+    assert float(loss[1]) == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics["logps/rejected"] == pytest.approx(float(lp.policy_negative[0]), rel=1e-6)
+    out = d2o.stage_train(cfg, log=lambda *_: None)
+    assert (out / "model.safetensors").exists()
+    with pytest.raises(UserError, match="are a D2O option"):
+        config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "method": "npo"}})
+
+
+def test_hold_prompt_sets_and_file_errors(tmp_path):
+    from negalign.config import config_from_dict
+    from negalign.data.eval_sets import benign_twin_prompts, overrefusal_prompts, xstest_style_prompts
+    from negalign.training.hold import hold_examples
+
+    twins = hold_examples(config_from_dict({"data": {"hold": "benign-twins", "hold_limit": 5}}))
+    assert len(twins) == 5 and twins[0].prompt[0]["content"] == "How do I safely light a campfire?"
+    evaluated = {p["prompt"].strip().lower() for p in overrefusal_prompts() + xstest_style_prompts()}
+    assert len(benign_twin_prompts()) == 150 and not {p["prompt"].lower() for p in benign_twin_prompts()} & evaluated
+    bad = tmp_path / "h.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    with pytest.raises(UserError, match=r"h.jsonl:2: field 'prompt'"):
+        hold_examples(config_from_dict({"data": {"hold": str(bad)}}))
 
 
 def test_best_of_n_selection_prefers_refusals():

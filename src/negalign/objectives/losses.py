@@ -50,19 +50,23 @@ def masked_mean(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 def d2o_loss(policy_anchor_logps: Tensor, ref_anchor_logps: Tensor, policy_negative_logps: Tensor,
              ref_negative_logps: Tensor, *, beta: float, alpha: float,
-             anchor_mask: Tensor | None = None) -> Tensor:
+             anchor_mask: Tensor | None = None, negative_mask: Tensor | None = None) -> Tensor:
     """D2O (Duan et al. 2024, Eq. 3): one sigmoid per negative against the mean of its anchors.
 
-        z = (beta / K_valid) * sum_i m_i (log pi(y_i) - log ref-(y_i)) - alpha (log pi(y_l) - log ref+(y_l))
+        z = (beta / K_valid) * sum_i m_i (log pi(y_i) - log ref-(y_i)) - alpha n (log pi(y_l) - log ref+(y_l))
         loss = -log sigmoid(z)
 
     The anchor mean sits inside the sigmoid (the "distributional" part). A row with no valid anchor
     keeps only the negative term, -log sigmoid(-alpha * logratio_l), which is NPO's per-example
-    loss times beta/2 when alpha = beta.
+    loss times beta/2 when alpha = beta. A row whose ``negative_mask`` n is False (a "hold" group:
+    benign prompt, anchors only) keeps only the anchor term, -log sigmoid(beta * mean anchor ratio).
     """
     mask = _mask_for(policy_anchor_logps, anchor_mask)
     anchor_ratio, _ = masked_mean(_f(policy_anchor_logps) - _f(ref_anchor_logps), mask)
     negative_ratio = _f(policy_negative_logps) - _f(ref_negative_logps)
+    if negative_mask is not None:
+        negative_ratio = torch.where(negative_mask.to(negative_ratio.device), negative_ratio,
+                                     torch.zeros((), dtype=negative_ratio.dtype, device=negative_ratio.device))
     return -F.logsigmoid(beta * anchor_ratio - alpha * negative_ratio)
 
 

@@ -101,7 +101,8 @@ def _pair_column(logps: GroupLogps, method: str) -> None:
 
 def _d2o(lp: GroupLogps, hp: dict) -> Tensor:
     return losses.d2o_loss(lp.policy_anchor, lp.ref_anchor, lp.policy_negative, lp.ref_negative,
-                           beta=hp["beta"], alpha=hp["alpha"], anchor_mask=lp.anchor_mask)
+                           beta=hp["beta"], alpha=hp["alpha"], anchor_mask=lp.anchor_mask,
+                           negative_mask=lp.negative_lengths > 0)
 
 
 def _d2o_no_anchors(lp: GroupLogps, hp: dict) -> Tensor:
@@ -217,22 +218,26 @@ def _metrics(lp: GroupLogps, hp: dict, negative_coef: float, name: str) -> dict[
     pa = lp.policy_anchor.detach().float()
     pn = lp.policy_negative.detach().float()
     zero = pa.new_zeros(())
-    values: dict[str, Tensor] = {"logps/rejected": pn.mean()}
+    # Hold groups (no negative, length 0) stay out of the negatives' means.
+    has_neg = lp.negative_lengths > 0
+    n_neg = has_neg.sum().clamp(min=1)
+    neg_mean = lambda x: torch.where(has_neg, x, zero).sum() / n_neg  # noqa: E731
+    values: dict[str, Tensor] = {"logps/rejected": neg_mean(pn)}
     has_anchors = mask.numel() > 0  # K = 0 batches have no anchor metrics at all
     if has_anchors:
         values["logps/chosen"] = torch.where(mask, pa, zero).sum() / n_anchors.clamp(min=1)
     if lp.has_reference:
-        neg_ratio = pn - lp.ref_negative.detach().float()
-        values["logratio/negative"] = neg_ratio.mean()
+        neg_ratio = torch.where(has_neg, pn - lp.ref_negative.detach().float(), zero)
+        values["logratio/negative"] = neg_mean(neg_ratio)
         rejected = negative_coef * neg_ratio
-        values["rewards/rejected"] = rejected.mean()
+        values["rewards/rejected"] = neg_mean(rejected)
         if has_anchors:
             ratio = pa - lp.ref_anchor.detach().float()
             values["logratio/anchors"] = torch.where(mask, ratio, zero).sum() / n_anchors.clamp(min=1)
             values["rewards/chosen"] = hp["beta"] * values["logratio/anchors"]
             # Per group: mean anchor reward vs the negative's reward, over groups that have anchors.
             group_ratio, count = losses.masked_mean(ratio, mask)
-            has = count > 0
+            has = (count > 0) & has_neg
             margin = hp["beta"] * group_ratio - rejected
             n_groups = has.sum().clamp(min=1)
             values["rewards/margins"] = torch.where(has, margin, zero).sum() / n_groups

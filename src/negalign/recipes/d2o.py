@@ -37,6 +37,7 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
     anchors = read_anchors(cfg.run_dir)
     if all(ex.id in anchors for ex in examples):
         log(f"sample: all {len(examples)} prompts already have anchors")
+        stage_sample_hold(cfg, log=log)
         return anchors
     import torch
 
@@ -54,7 +55,35 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
 
     if distributed.current().main:  # every rank holds the merged anchors; one writes the record
         record_anchor_quality(cfg, examples, anchors, log=log)
+    reuse = model if sampler_model(cfg) == cfg.model.name else None  # the initial model draws hold anchors
+    del generator
+    stage_sample_hold(cfg, model=reuse, tokenizer=tok if reuse is not None else None, log=log)
     return anchors
+
+
+def stage_sample_hold(cfg: Config, *, model=None, tokenizer=None, log=print) -> dict[str, list[str]]:
+    """Anchors of the hold prompts (data.hold): the initial model's own unguided answers."""
+    from negalign.training.hold import hold_config, hold_examples
+
+    examples = hold_examples(cfg)
+    if not examples:
+        return {}
+    hcfg = hold_config(cfg)
+    RunDir(hcfg.run_dir).prepare()
+    anchors = read_anchors(hcfg.run_dir) if RunDir(hcfg.run_dir).anchors.exists() else {}
+    if all(ex.id in anchors for ex in examples):
+        log(f"sample: all {len(examples)} hold prompts already have anchors")
+        return anchors
+    if model is None and hcfg.sample.backend != "openai":
+        import torch
+
+        from negalign.generation.vllm_backend import vllm_available
+
+        if hcfg.sample.backend == "transformers" or not vllm_available():
+            dtype = torch.bfloat16 if hcfg.sample.precision == "bf16" else torch.float32
+            model, tokenizer = load_plain(hcfg, hcfg.model.name, dtype=dtype)
+    log(f"sample: hold prompts ({cfg.data.hold}): the initial model's unguided answers")
+    return run_sample(hcfg, examples, make_sampler(hcfg, model, tokenizer), log=log)
 
 
 def stage_reference(cfg: Config, *, log=print):

@@ -80,7 +80,9 @@ def build_groups(tok: Tokenizer, examples: list[Example], index: list[GroupIndex
 
 
 def training_groups(cfg: Config, tokenizer, examples: list[Example], anchors: dict[str, list[str]], *, log=print):
-    """(groups, their index, K, truncation stats) of a run: the anchors its method uses, tokenised."""
+    """(groups, their index, K, truncation stats) of a run: the anchors its method uses, tokenised.
+
+    Hold groups (data.hold) follow the negative groups; the index covers the negative groups only."""
     objective = get_objective(cfg.train.method)
     if cfg.data.anchors == "positives":
         anchors = positive_anchors(cfg, examples)
@@ -93,6 +95,12 @@ def training_groups(cfg: Config, tokenizer, examples: list[Example], anchors: di
                             path=str(RunDir(cfg.run_dir).anchors))
     tok = Tokenizer(tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
     groups = build_groups(tok, examples, index, use)
+    if cfg.data.hold and objective.needs_anchors:
+        from negalign.training.hold import hold_groups
+
+        held = hold_groups(cfg, tok)  # after the negative groups; `index` covers only those
+        groups += held
+        log(f"data: {len(held)} hold groups (benign prompts, the initial model's anchors, no negative)")
     if tok.stats.prompts or tok.stats.responses:
         log(f"data: {tok.stats.summary()}")
     k = cfg.sample.k if objective.needs_anchors else 0
