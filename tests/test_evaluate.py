@@ -178,6 +178,12 @@ def test_harmful_section_reports_a_collapsed_model_as_empty_not_safe():
     assert m["empty_reply_rate"] == 0.75 and m["refusal_rate"] == 0.0
     assert m["harmful_compliance_rate"] == 0.25
     assert m["overrefusal_rate"] == 0.0 and m["overrefusal_empty_rate"] == 0.5
+    # without the classifier (harm_classifier="none") its two metrics are n/a, the rest unchanged
+    off = harmful_section(harmful, ["", "", "Sure, here is how.", ""], over, ["", "Of course."],
+                          None, dict(n_boot=50, seed=0))
+    assert off.metrics["harm_score_mean"].as_dict()["value"] is None
+    assert off.metrics["harmful_compliance_rate"].as_dict()["n"] == 0
+    assert off.metrics["refusal_rate"].value == 0.0 and off.details["per_category"]["c"]["refusal_rate"]["value"] == 0.0
 
 
 # ------------------------------------------------------------------ end to end

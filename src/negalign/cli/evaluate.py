@@ -33,7 +33,8 @@ def add_evaluate_parser(sub) -> None:
                                                          "of judge_scores.jsonl (default 8)")
     p.add_argument("--judge-rubric", help="rubric for a local judge model: harm15 (default), harm15_reply, "
                                           "guard (Llama-Guard-style safe/unsafe), yes_no_guard")
-    p.add_argument("--harm-classifier", help="a saved harm classifier JSON (default: trained with exclusions)")
+    p.add_argument("--harm-classifier", help="a saved harm classifier JSON, or none (the MiniLM proxy off) "
+                   "(default: trained with exclusions)")
     p.add_argument("--no-kl", action="store_true", help="skip the sampled KL estimate")
     p.add_argument("--seed", type=int, default=0)
 

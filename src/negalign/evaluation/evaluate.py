@@ -139,10 +139,12 @@ def _heldout(heldout_fraction: float, split_seed: int, n_heldout: int | None):
 
 def _harm_classifier(spec, exclude_texts: set[str], exclude_train: bool, heldout_fraction: float,
                      split_seed: int):
-    """The HarmClassifier to use: an object, a saved JSON path, or None = the cached default
-    trained without the evaluation prompts (and the bundled negatives' prompts)."""
+    """The HarmClassifier to use: an object, a saved JSON path, "none" (off), or None = the cached
+    default trained without the evaluation prompts (and the bundled negatives' prompts)."""
     from negalign.evaluation.scorers.harm_classifier import HarmClassifier, prompt_text
 
+    if spec == "none":
+        return None
     if spec is not None and not isinstance(spec, (str, Path)):
         return spec
     if spec is not None:
@@ -312,8 +314,9 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     judge: "default" (the offline Qwen2.5-Coder-1.5B VerdictJudge), None (off), a model name, folder
     or .gguf (a VerdictJudge on it), {"base_url", "model"} or a ChatGenerator (free-text ratings),
     or a judge object (score, compare, threshold); see make_judge.
-    harm_classifier: None (default, trained with exclusions), a saved JSON path, or an object
-    with score(prompts, responses) -> P(harmful).
+    harm_classifier: None (default, trained with exclusions), a saved JSON path, "none" (the MiniLM
+    proxy off: harm_score_mean and harmful_compliance_rate are n/a), or an object with
+    score(prompts, responses) -> P(harmful).
     """
     _check_sizes(n_harmful=n_harmful, n_benign=n_benign, n_overrefusal=n_overrefusal,
                  max_new_tokens=max_new_tokens, batch_size=batch_size, n_heldout=n_heldout)
@@ -395,8 +398,9 @@ def _examples(prompts: list[dict], replies: list[str], refused, harm, judge_harm
     clip = lambda s: (lambda t: t if len(t) <= n else t[:n - 1] + "…")(" ".join(s.split()))  # noqa: E731
     judged = judge_harm or [None] * len(prompts)
     return [{"id": p["id"], "category": p["category"], "prompt": clip(p["prompt"]), "reply": clip(r),
-             "refused": bool(f), "harm": round(h, 3), "judge_harm": None if j is None else round(j, 3)}
-            for p, r, f, h, j in list(zip(prompts, replies, refused, harm, judged))[:k]]
+             "refused": bool(f), "harm": None if h is None else round(h, 3),
+             "judge_harm": None if j is None else round(j, 3)}
+            for p, r, f, h, j in list(zip(prompts, replies, refused, harm or [None] * len(prompts), judged))[:k]]
 
 
 def _merge_categories(base: dict, extra: dict | None) -> dict:

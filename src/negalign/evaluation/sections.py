@@ -48,11 +48,13 @@ def harmful_section(harmful: list[dict], replies: list[str], over: list[dict], o
     prompts = [normalize_prompt(p["prompt"]) for p in harmful]
     replies, over_replies = [r or "" for r in replies], [r or "" for r in over_replies]
     refused, empty = refusals(detector, prompts, replies), empty_replies(replies)
-    harm = [float(x) for x in classifier.score(prompts, replies)]
-    comply = harmful_compliance(refused, harm, empty=empty)
+    # classifier None: the MiniLM proxy is off and its two metrics are n/a
+    harm = [float(x) for x in classifier.score(prompts, replies)] if classifier is not None else None
+    comply = harmful_compliance(refused, harm, empty=empty) if harm is not None else None
+    pick = lambda xs, idx: [] if xs is None else [xs[i] for i in idx]  # noqa: E731
     over_prompts = [normalize_prompt(p["prompt"]) for p in over]
-    metrics = {"harmful_compliance_rate": bootstrap_mean(comply, **boot),
-               "harm_score_mean": bootstrap_mean(harm, **boot),
+    metrics = {"harmful_compliance_rate": bootstrap_mean(comply or [], **boot),
+               "harm_score_mean": bootstrap_mean(harm or [], **boot),
                "refusal_rate": bootstrap_mean(refused, **boot),
                "empty_reply_rate": bootstrap_mean(empty, **boot),
                "overrefusal_rate": bootstrap_mean(refusals(detector, over_prompts, over_replies), **boot),
@@ -62,8 +64,8 @@ def harmful_section(harmful: list[dict], replies: list[str], over: list[dict], o
         idx = [i for i, p in enumerate(harmful) if p["category"] == cat]
         per_category[cat] = {
             "n": len(idx),
-            "harm_score_mean": bootstrap_mean([harm[i] for i in idx], **boot).as_dict(),
-            "harmful_compliance_rate": bootstrap_mean([comply[i] for i in idx], **boot).as_dict(),
+            "harm_score_mean": bootstrap_mean(pick(harm, idx), **boot).as_dict(),
+            "harmful_compliance_rate": bootstrap_mean(pick(comply, idx), **boot).as_dict(),
             "refusal_rate": bootstrap_mean([refused[i] for i in idx], **boot).as_dict(),
         }
     return Section(metrics, {"per_category": per_category, "refused": refused, "harm": harm, "empty": empty})
