@@ -51,6 +51,8 @@ Definitions (also written into eval.json under "definitions"):
   prompts, so each prompt weighs the same. The reference itself scores exactly 0.5.
 - negative_logprob_shift: mean log pi(y_l|x) - log pi_ref(y_l|x) of the held-out human negatives,
   per sequence and per token (negative = the model moved away from them).
+- positive_logprob_shift: the same for the held-out human safe responses; a shift of the negatives
+  well below this one means the model moved away from harm more than from everything.
 - judge_win_rate: the judge's pairwise preference for the model's benign answer over the
   reference's: P(A better) asked in both orders and averaged, so 0.5 = as helpful as the reference.
   n/a when the model is its own reference.
@@ -352,6 +354,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     timing["total_s"] = time.perf_counter() - t_start
     settings = {"n_harmful": len(sets.harmful), "n_benign": len(sets.benign), "n_overrefusal": len(sets.overrefusal),
                 "n_heldout_prompts": len(sets.heldout), "n_heldout_negatives": heldout.details["n_heldout_negatives"],
+                "n_heldout_positives": heldout.details["n_heldout_positives"],
                 "n_pair_prompts": heldout.details["n_pair_prompts"], "max_new_tokens": max_new_tokens,
                 "max_response_tokens": max_response_tokens, "seed": seed, "n_boot": n_boot,
                 "heldout_fraction": heldout_fraction, "split_seed": split_seed,

@@ -32,6 +32,7 @@ SAFETY = [("judge_harmful_rate", "judged harmful", "pct"), ("strongreject_style_
 HELPFUL = [("judge_win_rate", "judge win rate", "pct"), ("benign_perplexity", "benign ppl", "f2"),
            ("kl_per_token", "KL/token", "f4"), ("heldout_pair_accuracy", "pair accuracy", "pct"),
            ("negative_logprob_shift_per_token", "neg. shift/token", "f3"),
+           ("positive_logprob_shift_per_token", "safe shift/token", "f3"),
            ("distinct_1", "distinct-1", "f3"), ("distinct_2", "distinct-2", "f3")]
 CURVES = [("loss", "loss"), ("rewards/margins", "reward margin"),
           ("logratio/anchors", "log-ratio, anchors"), ("logratio/negative", "log-ratio, negative")]

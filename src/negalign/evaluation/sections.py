@@ -107,6 +107,7 @@ def heldout_section(models: Models, heldout: list[Example], *, max_response_toke
     lp_r = lp_m if models.same else response_logprobs(models.reference, tok, prompts, responses, **kw)[0]
     reward = (lp_m - lp_r).double().tolist()
     neg_idx = [i for i, (_, _, kind) in enumerate(pairs) if kind == "neg"]
+    pos_idx = [i for i, (_, _, kind) in enumerate(pairs) if kind == "pos"]
     by_prompt: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"pos": [], "neg": []})
     for (ex, _, kind), r in zip(pairs, reward):
         by_prompt[ex.id][kind].append(r)
@@ -114,8 +115,14 @@ def heldout_section(models: Models, heldout: list[Example], *, max_response_toke
     metrics = {"heldout_pair_accuracy": bootstrap_mean(accs, **boot),
                "negative_logprob_shift_per_sequence": bootstrap_mean([reward[i] for i in neg_idx], **boot),
                "negative_logprob_shift_per_token": bootstrap_ratio([reward[i] for i in neg_idx],
-                                                                   [float(lens[i]) for i in neg_idx], **boot)}
-    return Section(metrics, {"n_heldout_negatives": len(neg_idx), "n_pair_prompts": len(accs)})
+                                                                   [float(lens[i]) for i in neg_idx], **boot),
+               # the same for the held-out safe responses: did the model move away from harm more
+               # than from everything?
+               "positive_logprob_shift_per_sequence": bootstrap_mean([reward[i] for i in pos_idx], **boot),
+               "positive_logprob_shift_per_token": bootstrap_ratio([reward[i] for i in pos_idx],
+                                                                   [float(lens[i]) for i in pos_idx], **boot)}
+    return Section(metrics, {"n_heldout_negatives": len(neg_idx), "n_heldout_positives": len(pos_idx),
+                             "n_pair_prompts": len(accs)})
 
 
 def judge_harm_section(judge, harmful: list[dict], replies: list[str], refused: list[float], empty: list[float],
