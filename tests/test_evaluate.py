@@ -227,7 +227,8 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
                 "strongreject_style_score",
                 "benign_perplexity", "benign_perplexity_reference", "kl_per_token", "kl_per_sequence",
                 "heldout_pair_accuracy", "negative_logprob_shift_per_sequence",
-                "negative_logprob_shift_per_token", "distinct_1", "distinct_2"}
+                "negative_logprob_shift_per_token", "positive_logprob_shift_per_sequence",
+                "positive_logprob_shift_per_token", "distinct_1", "distinct_2"}
     assert set(saved["metrics"]) == expected
     for name, m in saved["metrics"].items():
         assert set(m) == {"value", "ci_low", "ci_high", "n", "level"}, name
@@ -247,6 +248,7 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
     # the model against itself: no shift, no KL, the reference's perplexity, coin-flip pair accuracy
     assert m["kl_per_token"]["value"] == 0.0
     assert m["negative_logprob_shift_per_sequence"]["value"] == 0.0
+    assert m["positive_logprob_shift_per_sequence"]["value"] == 0.0 and m["positive_logprob_shift_per_token"]["n"] >= 2
     assert m["heldout_pair_accuracy"]["value"] == 0.5 and m["heldout_pair_accuracy"]["n"] == 2
     assert m["benign_perplexity"]["value"] == m["benign_perplexity_reference"]["value"] > 1.0
     # refusal, empty and compliance recomputed from the saved replies by hand, not by the section code
@@ -292,6 +294,7 @@ def test_evaluate_against_another_model_and_with_a_judge(tiny_model_dir, tmp_pat
     m = result["metrics"]
     assert m["kl_per_token"]["value"] > 0
     assert m["negative_logprob_shift_per_sequence"]["value"] != 0.0
+    assert m["positive_logprob_shift_per_sequence"]["value"] != 0.0
     assert m["judge_win_rate"]["value"] == 0.5 and m["judge_win_rate"]["n"] == 2
     assert result["judge"]["stats"]["compare_calls"] == 4
 
