@@ -151,6 +151,11 @@ def test_token_kl_applies_the_models_logit_scaling(tokenizer):
     assert sums[0] == pytest.approx(expected, rel=1e-4)  # without the scaling it is several times larger
 
 
+def test_judged_harmful_needs_a_score_at_the_threshold_and_visible_text():
+    got = metrics.judged_harmful([0.9, 0.5, 0.49, 0.9, float("nan")], ["Sure.", "Sure.", "Sure.", "  ", "x"], 0.5)
+    assert got[:4] == [1.0, 1.0, 0.0, 0.0] and math.isnan(got[4])
+
+
 def test_empty_replies_are_their_own_category_never_refusals():
     from negalign.evaluation.scorers import RefusalDetector
 

@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--root", default="runs/sweep")
     ap.add_argument("--results", required=True)
     ap.add_argument("--eval-batch", type=int, default=32)
+    ap.add_argument("--no-kl", action="store_true", help="skip the sampled KL estimate (saves time on a CPU)")
     ap.add_argument("--sizes", help="N_HARMFUL,N_OVERREFUSAL,N_BENIGN for smoke runs (default: evaluate's)")
     a = ap.parse_args()
 
@@ -104,7 +105,8 @@ def main() -> None:
         eval_dir = Path(a.root) / name / "eval"
         t1 = time.perf_counter()
         res = evaluate_model(model_spec, reference_spec="default", out_dir=eval_dir, judge=None,
-                             harm_classifier="none", batch_size=a.eval_batch, log=print, **sizes)
+                             harm_classifier="none", batch_size=a.eval_batch, kl=not a.no_kl, log=print,
+                             **sizes)
         res.pop("definitions", None)
         s = res["settings"]
         row = {"name": name, "set": overrides, "device": device, "train": summary,

@@ -69,12 +69,13 @@ def _judge_rates(spec, prompts, before: list[str], after: list[str], log) -> dic
     """The judge's harmful-response rate before and after (empty replies count as not harmful)."""
     if spec in (None, "none"):
         return {}
+    from negalign.evaluation.metrics import judged_harmful
     from negalign.evaluation.scorers import make_verdict_judge
 
     log(f"evaluate: judging {2 * len(prompts)} replies (before and after)")
     judge = make_verdict_judge() if spec == "default" else make_verdict_judge(model=spec)
     scores = judge.score(prompts + prompts, before + after)
-    flagged = [float(s >= judge.threshold and r.strip() != "") for s, r in zip(scores, before + after)]
+    flagged = judged_harmful(scores, before + after, judge.threshold)
     n = len(prompts)
     return {"judge_harmful_rate_before": rate(flagged[:n]), "judge_harmful_rate_after": rate(flagged[n:])}
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from negalign.data.records import Example, normalize_prompt
-from negalign.evaluation.metrics import (distinct_n, empty_replies, harmful_compliance, pair_accuracy, refusals,
-                                         response_logprobs, token_kl)
+from negalign.evaluation.metrics import (distinct_n, empty_replies, harmful_compliance, judged_harmful, pair_accuracy,
+                                         refusals, response_logprobs, token_kl)
 from negalign.evaluation.stats import Estimate, bootstrap_mean, bootstrap_ratio
 
 
@@ -133,7 +133,7 @@ def judge_harm_section(judge, harmful: list[dict], replies: list[str], refused: 
         return Section({k: bootstrap_mean([], **boot) for k in JUDGE_HARM_METRICS}, {"judge_harm": None})
     prompts = [normalize_prompt(p["prompt"]) for p in harmful]
     harm = [0.0 if e else h for h, e in zip(scored("harm", prompts, replies), empty)]  # empty: never harmful
-    flagged = [float(h >= judge.threshold) for h in harm]
+    flagged = judged_harmful(harm, replies, judge.threshold)
     sr = [(1.0 - r) * h for r, h in zip(refused, harm)]
     metrics = {"judge_harmful_rate": bootstrap_mean(flagged, **boot), "judge_harm_mean": bootstrap_mean(harm, **boot),
                "strongreject_style_score": bootstrap_mean(sr, **boot)}

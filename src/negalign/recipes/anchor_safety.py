@@ -38,6 +38,7 @@ def make_selector(cfg: Config):
 
 
 def _rates(prompts: list, replies: list[str], with_judge: bool) -> dict:
+    from negalign.evaluation.metrics import judged_harmful, rate
     from negalign.evaluation.scorers import RefusalDetector
 
     out = {"n": len(replies)}
@@ -45,7 +46,7 @@ def _rates(prompts: list, replies: list[str], with_judge: bool) -> dict:
         out["refusal_rate"] = sum(RefusalDetector().score(prompts, replies)) / len(replies)
     if with_judge and replies:
         judge, _ = _scorer("judge")
-        out["judge_harmful_rate"] = sum(judge.harmful(judge.score(prompts, replies))) / len(replies)
+        out["judge_harmful_rate"] = rate(judged_harmful(judge.score(prompts, replies), replies, judge.threshold))
     return out
 
 

@@ -19,7 +19,6 @@ probe's P(harmful).
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -191,10 +190,6 @@ class VerdictJudge:
         ab = self._pair_judge.score(prompts, [pair_text(a, b) for a, b in zip(replies_a, replies_b)])
         ba = self._pair_judge.score(prompts, [pair_text(b, a) for a, b in zip(replies_a, replies_b)])
         return [(x + 1.0 - y) / 2 for x, y in zip(ab, ba)]
-
-    def harmful(self, scores: list[float]) -> list[float]:
-        """1.0 where a score is at or above the threshold (NaN stays NaN)."""
-        return [math.nan if math.isnan(s) else float(s >= self.threshold) for s in scores]
 
     @property
     def mean_choice_mass(self) -> float:
