@@ -60,6 +60,9 @@ def test_config_yaml_overrides_and_errors(tmp_path):
     path.write_text("sample:\n  k: many\n")
     with pytest.raises(UserError, match=r"field 'sample.k': expected an integer"):
         load_config(path)
+    path.write_text("train:\n  lr: 1.0e-5\n  epochs: 2\n  lr: 3.0e-5\n")
+    with pytest.raises(UserError, match=r"c.yaml:4: invalid YAML: key 'lr' appears twice"):
+        load_config(path)
     path.write_text("train: [1, 2\n")
     with pytest.raises(UserError, match=r"c.yaml:\d+: invalid YAML"):
         load_config(path)

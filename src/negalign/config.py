@@ -272,6 +272,24 @@ def check_values(cfg: Config, where: str | None = None) -> None:
         bad("train.method", unknown_method_message(cfg.train.method))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML keeps the last silently)."""
+
+
+def _no_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key}' appears twice in one mapping",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     """A YAML file whose top level is a mapping; any problem is a one-line error naming the file."""
     where = str(path)
@@ -279,7 +297,7 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not p.exists():
         raise UserError("config file does not exist", path=where)
     try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        values = yaml.load(p.read_text(encoding="utf-8-sig"), Loader=_StrictLoader) or {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", path=where,
