@@ -86,6 +86,31 @@ def test_sample_reference_train_end_to_end(cfg):
     assert d2o.stage_train(cfg, log=lambda *_: None) == out
 
 
+@pytest.mark.e2e
+def test_the_model_card_says_how_the_model_was_made_and_how_it_did(cfg):
+    from negalign.base.durable import manifest_problem
+    from negalign.evaluation.evaluate import evaluate_model
+    from negalign.training.model_card import refresh_model_card
+
+    d2o.stage_sample(cfg, log=lambda *_: None)
+    out = d2o.stage_train(cfg, log=lambda *_: None)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "- d2o" in card
+    assert f"negalign run -c {Path(cfg.run_dir) / 'config.yaml'}" in card
+    assert "| human negatives trained on | 6 |" in card and "| prompts | 4 |" in card and "| learning rate | 0.001 |" in card
+    assert "K = 2 anchors per prompt sampled from the initial model" in card
+    assert "6 optimizer steps" in card and "| loss |" in card and "Not evaluated yet" in card
+    assert manifest_problem(out) is None  # the card is in the manifest
+    evaluate_model(str(out), reference_spec=cfg.model.name, out_dir=Path(cfg.run_dir) / "eval", n_harmful=2,
+                   n_benign=2, n_overrefusal=2, n_heldout=2, max_new_tokens=4, n_boot=50, judge=None,
+                   harm_classifier="none", kl=False, log=lambda *_: None)
+    refresh_model_card(cfg, cfg.run_dir)
+    card = (out / "README.md").read_text()
+    assert "Not evaluated yet" not in card and "| refusal (harmful prompts) | " in card and "(n=2)" in card
+    assert manifest_problem(out) is None
+    model, _ = load_model(str(out))  # still a plain transformers folder
+
+
 def _train_data(cfg):
     examples = run_examples(cfg)
     d2o.stage_sample(cfg, log=lambda *_: None)

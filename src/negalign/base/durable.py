@@ -59,6 +59,32 @@ def publish_dir(tmp: Path, final: Path) -> Path:
     return final
 
 
+def replace_published_file(folder: Path, name: str, data: bytes) -> Path:
+    """Replace (or add) one file of a published folder durably and keep its manifest true.
+
+    The file and the manifest are each written under a temporary name, fsynced and renamed; a kill
+    between the two renames leaves a manifest that names the old file, which manifest_problem reports."""
+    folder = Path(folder)
+    target = folder / name
+    _write_durably(target, data)
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        doc.setdefault("files", {})[name] = _digest(target)
+        _write_durably(manifest, json.dumps(doc, indent=1).encode("utf-8"))
+    return target
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def manifest_problem(folder: Path) -> str | None:
     """What is wrong with `folder` against its manifest, or None if nothing is.
 

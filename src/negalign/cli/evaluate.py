@@ -77,6 +77,12 @@ def main_evaluate(args) -> int:
                             batch_size=args.batch_size, judge=judge, harm_classifier=args.harm_classifier,
                             kl=not args.no_kl, seed=args.seed)
     print("\n".join(summary_lines(result)))
+    run = RunDir(args.model)
+    if spec == str(run.model) and (args.out is None or Path(args.out) == run.eval_dir) and run.config.exists():
+        from negalign.config import load_config
+        from negalign.training.model_card import refresh_model_card
+
+        print(f"updated the model card {refresh_model_card(load_config(run.config), run.root)}")
     return 0
 
 

@@ -90,7 +90,12 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     finally:
         if metrics_log is not None:
             metrics_log.close()
-    return save_final(run, trainer, tokenizer, keep_checkpoints=t.keep_checkpoints_when_done, log=log)
+    out = save_final(run, trainer, tokenizer, keep_checkpoints=t.keep_checkpoints_when_done, log=log)
+    if trainer.main:
+        from negalign.training.model_card import refresh_model_card
+
+        refresh_model_card(cfg, run.root)
+    return out
 
 
 def check_train_inputs(cfg: Config, data: TrainData) -> None:
