@@ -87,7 +87,7 @@ def test_sample_reference_train_end_to_end(cfg):
 
 
 @pytest.mark.e2e
-def test_the_model_card_says_how_the_model_was_made_and_how_it_did(cfg):
+def test_the_model_card_says_how_the_model_was_made_and_how_it_did(cfg, capsys):
     from negalign.base.durable import manifest_problem
     from negalign.evaluation.evaluate import evaluate_model
     from negalign.training.model_card import refresh_model_card
@@ -109,6 +109,13 @@ def test_the_model_card_says_how_the_model_was_made_and_how_it_did(cfg):
     assert "Not evaluated yet" not in card and "| refusal (harmful prompts) | " in card and "(n=2)" in card
     assert manifest_problem(out) is None
     model, _ = load_model(str(out))  # still a plain transformers folder
+    # `negalign runs` finds the run below its parent and summarises it from its files
+    from negalign.cli.main import main
+
+    assert main(["runs", str(Path(cfg.run_dir).parent)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"{cfg.run_dir}  d2o  4 prompts  trained  |  refusal ") and "ppl " in line
+    assert main(["runs", str(Path(cfg.run_dir) / "nothing")]) == 2
 
 
 def _train_data(cfg):

@@ -47,7 +47,10 @@ def _config(args):
 
 def build_parser() -> argparse.ArgumentParser:
     # Subparsers inherit the parser class, so every command's argparse errors are one line too.
+    from negalign import __version__
+
     parser = OneLineParser(prog="negalign", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"negalign {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, text in (("sample", "sample K anchors per prompt from the reference model"),
@@ -76,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("source")
     v.add_argument("--format")
     v.add_argument("--preset")
+
+    p = sub.add_parser("runs", help="one line per run directory under a folder: method, stage reached, results")
+    p.add_argument("root", nargs="?", default="runs")
+    p.add_argument("--json", action="store_true", help="print JSON instead")
 
     p = sub.add_parser("serve", help="serve a model over the OpenAI chat-completions protocol on this machine")
     p.add_argument("--model", default="default")
@@ -116,6 +123,15 @@ def _run(args) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "runs":
+        import json
+
+        from negalign.recipes.runs import find_runs, format_summary, run_summary
+
+        summaries = [run_summary(r) for r in find_runs(args.root)]
+        print(json.dumps(summaries, indent=1) if args.json else
+              "\n".join(format_summary(s) for s in summaries) or f"no run directories under {args.root}")
+        return 0
     raise AssertionError(args.command)
 
 
