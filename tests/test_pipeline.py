@@ -68,6 +68,19 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         load_config(path)
 
 
+def test_the_shipped_d2o_configs_load_and_the_smollm2_recipe_matches_its_measured_run():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("d2o_*.yaml")):
+        load_config(path)
+    cfg = load_config(root / "d2o_smollm2.yaml")
+    # benchmarks/d2o_recipe/README.md, run t3h64: what its figures were measured with
+    assert (cfg.sample.model, cfg.sample.precision, cfg.sample.k, cfg.sample.max_new_tokens) == \
+        ("qwen2.5-coder-1.5b", "bf16", 4, 48)
+    assert (cfg.data.limit, cfg.data.max_negatives_per_prompt, cfg.data.hold, cfg.data.hold_limit) == \
+        (48, 2, "benign-twins", 64)
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.alpha, cfg.train.beta) == (3e-5, 4, 0.1, 0.1)
+
+
 def test_sample_reference_train_end_to_end(cfg):
     anchors = d2o.stage_sample(cfg, log=lambda *_: None)
     assert sorted(anchors) == ["e0", "e1", "e2", "e3"] and all(len(a) == 2 for a in anchors.values())
