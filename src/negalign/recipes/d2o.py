@@ -39,15 +39,9 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
         log(f"sample: all {len(examples)} prompts already have anchors")
         stage_sample_hold(cfg, log=log)
         return anchors
-    import torch
-
-    from negalign.generation.vllm_backend import vllm_available
     from negalign.recipes.anchor_safety import make_selector, record_anchor_quality
 
-    model = tok = None
-    if cfg.sample.backend == "transformers" or (cfg.sample.backend == "auto" and not vllm_available()):
-        dtype = torch.bfloat16 if cfg.sample.precision == "bf16" else torch.float32
-        model, tok = load_plain(cfg, sampler_model(cfg), dtype=dtype)
+    model, tok = _local_sampler(cfg)
     generator = make_sampler(cfg, model, tok)
     select = make_selector(cfg) if cfg.sample.best_of > cfg.sample.k else None
     anchors = run_sample(cfg, examples, generator, select=select, log=log)
@@ -63,27 +57,33 @@ def stage_sample(cfg: Config, *, log=print) -> dict[str, list[str]]:
 
 def stage_sample_hold(cfg: Config, *, model=None, tokenizer=None, log=print) -> dict[str, list[str]]:
     """Anchors of the hold prompts (data.hold): the initial model's own unguided answers."""
-    from negalign.training.hold import hold_config, hold_examples
+    from negalign.training.hold import hold_config, hold_examples, read_hold_anchors
 
     examples = hold_examples(cfg)
     if not examples:
         return {}
     hcfg = hold_config(cfg)
     RunDir(hcfg.run_dir).prepare()
-    anchors = read_anchors(hcfg.run_dir) if RunDir(hcfg.run_dir).anchors.exists() else {}
+    anchors = read_hold_anchors(cfg)
     if all(ex.id in anchors for ex in examples):
         log(f"sample: all {len(examples)} hold prompts already have anchors")
         return anchors
-    if model is None and hcfg.sample.backend != "openai":
-        import torch
-
-        from negalign.generation.vllm_backend import vllm_available
-
-        if hcfg.sample.backend == "transformers" or not vllm_available():
-            dtype = torch.bfloat16 if hcfg.sample.precision == "bf16" else torch.float32
-            model, tokenizer = load_plain(hcfg, hcfg.model.name, dtype=dtype)
+    if model is None:
+        model, tokenizer = _local_sampler(hcfg)
     log(f"sample: hold prompts ({cfg.data.hold}): the initial model's unguided answers")
     return run_sample(hcfg, examples, make_sampler(hcfg, model, tokenizer), log=log)
+
+
+def _local_sampler(cfg: Config):
+    """(model, tokenizer) of the config's sampler when it runs in this process, else (None, None)."""
+    from negalign.generation.vllm_backend import vllm_available
+
+    if not (cfg.sample.backend == "transformers" or (cfg.sample.backend == "auto" and not vllm_available())):
+        return None, None
+    import torch
+
+    dtype = torch.bfloat16 if cfg.sample.precision == "bf16" else torch.float32
+    return load_plain(cfg, sampler_model(cfg), dtype=dtype)
 
 
 def stage_reference(cfg: Config, *, log=print):
