@@ -331,6 +331,13 @@ def test_evaluate_with_a_verdict_judge_scores_every_harmful_reply_once(tiny_mode
     assert m["judge_harmful_rate"]["value"] == pytest.approx(sum(h >= 0.5 for h in harm) / 3)
     assert 0.0 <= m["judge_win_rate"]["value"] <= 1.0 and m["judge_win_rate"]["n"] == 2
     assert len((out / generations.JUDGE_FILE).read_text().splitlines()) == 3 + 2
+    # every reply is in eval.json with its verdicts (the demo's before/after excerpts read them)
+    saved = json.loads((out / ev.EVAL_FILE).read_text())["replies"]
+    assert {k: len(v) for k, v in saved.items()} == {"harmful": 3, "overrefusal": 2, "benign": 2}
+    for p, r, h in zip(sets.harmful, replies, harm):
+        rec = saved["harmful"][p["id"]]
+        assert rec["prompt"] == p["prompt"] and rec["reply"] == r and rec["judge_harm"] == pytest.approx(h, abs=1e-4)
+    assert all(set(rec) == {"prompt", "reply", "refused"} for rec in saved["overrefusal"].values())
 
     def no_judging(*a, **k):
         raise AssertionError("judged again")

@@ -71,6 +71,18 @@ def test_seed_determinism_independent_of_batching(tiny_model, tokenizer):
     assert len({t for r in a for t in r}) > 5  # samples of one prompt differ from each other
 
 
+def test_batches_cut_at_rows_or_padded_prompt_tokens(tiny_model, tokenizer):
+    gen = TransformersGenerator(tiny_model, tokenizer, batch_size=4, max_batch_tokens=100)
+    rows = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (3, 0), (3, 1)]
+    lengths = [10, 20, 40, 200]
+    # 4 rows; then prompt 2 (40 tokens, 1 prompt), but adding prompt 3 would pad 2 x 200 > 100: alone
+    assert list(gen._batches(rows, lengths)) == [rows[:4], [(2, 0)], [(3, 0), (3, 1)]]
+    long = [[{"role": "user", "content": "word " * 300}]]
+    a = TransformersGenerator(tiny_model, tokenizer, batch_size=32).generate(CONVS + long, SAMPLE)
+    b = TransformersGenerator(tiny_model, tokenizer, batch_size=32, max_batch_tokens=64).generate(CONVS + long, SAMPLE)
+    assert a == b
+
+
 def test_model_state_restored(tiny_model, tokenizer):
     tiny_model.train()
     assert tiny_model.config.use_cache is False

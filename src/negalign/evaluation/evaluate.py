@@ -374,6 +374,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
         "definitions": _definitions(),
         "examples": _examples(sets.harmful, replies.harmful, harmful.details["refused"], harmful.details["harm"],
                               judged_harm.details.get("judge_harm")),
+        "replies": reply_records(sets, replies, harmful.details, judged_harm.details.get("judge_harm")),
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
     write_json(out_dir / EVAL_FILE, result)
@@ -404,6 +405,18 @@ def _examples(prompts: list[dict], replies: list[str], refused, harm, judge_harm
              "refused": bool(f), "harm": None if h is None else round(h, 3),
              "judge_harm": None if j is None else round(j, 3)}
             for p, r, f, h, j in list(zip(prompts, replies, refused, harm or [None] * len(prompts), judged))[:k]]
+
+
+def reply_records(sets: PromptSets, replies: Replies, harmful: dict, judge_harm: list[float] | None) -> dict:
+    """Every greedy reply with its verdicts, per set, keyed by prompt id (before/after tables read them)."""
+    judged = judge_harm or [None] * len(sets.harmful)
+    return {
+        "harmful": {p["id"]: {"prompt": p["prompt"], "reply": r, "refused": bool(f), "judge_harm": None if j is None or j != j else round(j, 4)}
+                    for p, r, f, j in zip(sets.harmful, replies.harmful, harmful["refused"], judged)},
+        "overrefusal": {p["id"]: {"prompt": p["prompt"], "reply": r, "refused": bool(f)}
+                        for p, r, f in zip(sets.overrefusal, replies.overrefusal, harmful["over_refused"])},
+        "benign": {p["id"]: {"prompt": p["prompt"], "reply": r} for p, r in zip(sets.benign, replies.benign)},
+    }
 
 
 def _merge_categories(base: dict, extra: dict | None) -> dict:

@@ -1,8 +1,10 @@
 """Local generation with a transformers model: batched across conversations, seeded per sample.
 
 Throughput: each conversation becomes n rows (its samples), rows are sorted by prompt length and
-cut into batches of `batch_size` sequences (left padded), so one forward pass advances many
-samples across conversations and padding waste stays small. The decode loop is our own, not HF
+cut into batches of at most `batch_size` sequences (left padded), so one forward pass advances many
+samples across conversations and padding waste stays small; a batch also stops growing when its
+padded prompt tokens would pass `max_batch_tokens`, so one very long prompt (IFBench has a
+2,600-token one) is decoded with few others instead of padding a whole batch to its length. The decode loop is our own, not HF
 `generate`: a prompt is prefilled once and its KV cache copied to its n samples (HF prefills each
 of the n copies; with a 1.5B teacher and K = 4 that prefill was 80 % of the sampling time), and a
 row leaves the batch as soon as it ends its turn (refusals are short).
@@ -98,14 +100,17 @@ class GumbelSampler:
 class TransformersGenerator:
     """ChatGenerator over a loaded transformers causal LM (plain or PEFT-wrapped).
 
-    batch_size: sequences per `model.generate` call (prompts per call = batch_size // n, at
-    least one). progress: show a tqdm bar with tokens/s. After each call, `last_stats` holds
+    batch_size: sequences per batch (prompts per batch = batch_size // n, at least one).
+    max_batch_tokens: cap on a batch's distinct prompts x padded width (a longer prompt goes alone). progress: show a tqdm bar with tokens/s. After each call, `last_stats` holds
     the generated token count and wall time.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, progress: bool = False):
-        if batch_size < 1:
-            raise UserError(f"must be a positive integer, got {batch_size!r}", field="batch_size")
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, max_batch_tokens: int = 8192,
+                 progress: bool = False):
+        for field, v in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens)):
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"must be a positive integer, got {v!r}", field=field)
+        self.max_batch_tokens = max_batch_tokens
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -146,8 +151,7 @@ class TransformersGenerator:
         replies: list[list[str]] = [[""] * runs for _ in prompts]
         bar = self._progress_bar(len(rows))
         with _generation_mode(self.model):
-            for lo in range(0, len(rows), self.batch_size):
-                chunk = rows[lo:lo + self.batch_size]
+            for chunk in self._batches(rows, [len(p) for p in prompts]):
                 texts, n_tokens = self._generate_rows([prompts[i] for i, _ in chunk],
                                                       [j for _, j in chunk], greedy, config, base_seed)
                 for (i, j), text in zip(chunk, texts):
@@ -162,6 +166,22 @@ class TransformersGenerator:
         stats.seconds = time.perf_counter() - start
         self.last_stats = stats
         return [r * config.n for r in replies] if greedy else replies
+
+    def _batches(self, rows: list[tuple[int, int]], lengths: list[int]):
+        """Consecutive rows (sorted by prompt length) cut at batch_size rows or max_batch_tokens padded
+        prompt tokens, whichever comes first; a batch always takes at least one row."""
+        chunk: list[tuple[int, int]] = []
+        distinct = 0
+        for i, j in rows:
+            new_prompt = not chunk or chunk[-1][0] != i
+            tokens = (distinct + new_prompt) * lengths[i]  # the newest row is the longest so far
+            if chunk and (len(chunk) == self.batch_size or (new_prompt and tokens > self.max_batch_tokens)):
+                yield chunk
+                chunk, distinct, new_prompt = [], 0, True
+            chunk.append((i, j))
+            distinct += new_prompt
+        if chunk:
+            yield chunk
 
     def _progress_bar(self, total: int):
         if not self.progress:
