@@ -22,11 +22,26 @@ from negalign.modeling.logprobs import Group
 def response_logprobs(model, tokenizer, prompts: list[Messages], responses: list[str], *,
                       max_response_tokens: int = 192, batch_tokens: int = 4096,
                       precision: str = "bf16") -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log pi(response | prompt) and token counts, one per (prompt, response) pair."""
-    groups = [Group(encode_prompt(tokenizer, p), [encode_response(tokenizer, r, max_response_tokens)[0]])
-              for p, r in zip(prompts, responses)]
+    """Summed log pi(response | prompt) and token counts, one per (prompt, response) pair.
+
+    Pairs that share a prompt are scored as one group, so the prompt runs once (held-out pyrit
+    prompts are long jailbreaks with several responses each).
+    """
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    slot: dict[tuple[int, ...], int] = {}
+    members: list[list[int]] = []
+    for i, ids in enumerate(encoded):
+        members_of = slot.setdefault(tuple(ids), len(members))
+        if members_of == len(members):
+            members.append([])
+        members[members_of].append(i)
+    groups = [Group(encoded[m[0]], [encode_response(tokenizer, responses[i], max_response_tokens)[0] for i in m])
+              for m in members]
     lp, ln = score_groups(model, groups, batch_tokens=batch_tokens, precision=precision, log=lambda *_: None)
-    return lp[:, 0], ln[:, 0]
+    out_lp, out_ln = torch.zeros(len(prompts), dtype=lp.dtype), torch.zeros(len(prompts), dtype=ln.dtype)
+    for g, m in enumerate(members):
+        out_lp[m], out_ln[m] = lp[g, :len(m)], ln[g, :len(m)]
+    return out_lp, out_ln
 
 
 def logprob_shift(policy_logps: torch.Tensor, ref_logps: torch.Tensor, lengths: torch.Tensor) -> dict[str, float]:
