@@ -148,12 +148,39 @@ def test_server_rejects_bad_requests(tiny_model, tokenizer):
         for body, param in [({"messages": []}, "messages"),
                             ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
                             ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
-                            ({"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream")]:
+                            ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+                            ({"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}, "model")]:
             req = urllib.request.Request(server.url + "/chat/completions", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(req, timeout=10)
-            assert e.value.code == 400 and json.loads(e.value.read())["error"]["param"] == param
+            assert e.value.code == (404 if param == "model" else 400)
+            assert json.loads(e.value.read())["error"]["param"] == param
+
+
+def test_server_with_the_official_openai_client(tiny_model, tokenizer):
+    """What people run against an OpenAI-compatible server: list models, a plain call, streaming."""
+    openai = pytest.importorskip("openai")
+    local = TransformersGenerator(tiny_model, tokenizer, batch_size=8)
+    cfg = GenerationConfig(n=1, temperature=0.7, max_new_tokens=8, seed=3)
+    want = local.generate(CONVS[1:2], cfg)[0][0]
+    prompt_tokens = len(encode_prompt(tokenizer, CONVS[1]))
+    with serve(local, model_name="smol") as server:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=30)
+        assert [m.id for m in client.models.list()] == ["smol"]
+        out = client.chat.completions.create(model="smol", messages=CONVS[1], temperature=0.7, max_tokens=8, seed=3)
+        assert out.model == "smol" and out.choices[0].message.content == want
+        assert out.usage.prompt_tokens == prompt_tokens
+        assert 0 < out.usage.completion_tokens <= 8
+        assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+        chunks = list(client.chat.completions.create(model="smol", messages=CONVS[1], temperature=0.7, max_tokens=8,
+                                                     seed=3, stream=True, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == want and len(chunks) >= 3
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == prompt_tokens
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="gpt-4o", messages=CONVS[0])
 
 
 def test_server_bearer_token(tiny_model, tokenizer, monkeypatch):

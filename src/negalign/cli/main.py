@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-env", help="require this environment variable's value as bearer token")
+    p.add_argument("--served-model-name", help="the model's name in /v1/models and in requests (default: --model)")
     return parser
 
 
@@ -146,8 +147,9 @@ def _serve(args) -> int:
     token = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not token:
         raise UserError(f"environment variable {args.api_key_env} is empty", field="--api-key-env")
-    server = serve(TransformersGenerator(model, tok), host=args.host, port=args.port, api_key=token)
-    print(f"serving {args.model} at {server.url} (Ctrl-C to stop)", flush=True)
+    name = args.served_model_name or args.model
+    server = serve(TransformersGenerator(model, tok), host=args.host, port=args.port, api_key=token, model_name=name)
+    print(f"serving {args.model} as model '{name}' at {server.url} (Ctrl-C to stop)", flush=True)
     try:
         while True:
             time.sleep(3600)

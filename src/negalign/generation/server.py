@@ -1,8 +1,15 @@
 """A minimal OpenAI-compatible chat server over any ChatGenerator (what `negalign serve` runs).
 
 Endpoints: GET /v1/models and POST /v1/chat/completions (messages, n, temperature, top_p,
-max_tokens or max_completion_tokens, seed; no streaming). Requests are served on threads, but
-the model is used by one request at a time (a lock), since local backends are not re-entrant.
+max_tokens or max_completion_tokens, seed, stream, stream_options.include_usage). Requests are
+served on threads, but the model is used by one request at a time (a lock), since local backends
+are not re-entrant.
+
+Streaming (`stream: true`) answers with server-sent events in OpenAI's chunk format, so clients
+that stream work unchanged; the reply is generated whole first and then sent in word-sized
+chunks, so the first chunk arrives when generation ends, not earlier. `usage` counts the prompt
+tokens (each conversation once) and the generated ones when the backend reports them. The model
+is listed and answered under one name; a request naming another model gets 404, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -81,7 +89,18 @@ def parse_config(body: dict, *, max_n: int) -> GenerationConfig:
     )
 
 
-def completion_body(model_name: str, replies: list[str], completion_tokens: int | None) -> dict:
+def usage_body(stats) -> dict | None:
+    """OpenAI's usage object from a backend's last_stats (None when it reports no counts)."""
+    completion = getattr(stats, "tokens", None)
+    if completion is None:
+        return None
+    prompt = getattr(stats, "prompt_tokens", None)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+    usage["total_tokens"] = None if prompt is None else prompt + completion
+    return usage
+
+
+def completion_body(model_name: str, replies: list[str], usage: dict | None) -> dict:
     body = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -90,9 +109,31 @@ def completion_body(model_name: str, replies: list[str], completion_tokens: int 
         "choices": [{"index": i, "message": {"role": "assistant", "content": text},
                      "finish_reason": "stop"} for i, text in enumerate(replies)],
     }
-    if completion_tokens is not None:
-        body["usage"] = {"completion_tokens": completion_tokens}
+    if usage is not None:
+        body["usage"] = usage
     return body
+
+
+_PIECE = re.compile(r"\s*\S+|\s+")
+
+
+def stream_chunks(model_name: str, replies: list[str], usage: dict | None, include_usage: bool) -> list[dict]:
+    """The chat.completion.chunk objects of a streamed answer: per choice a role chunk, word-sized
+    content chunks and a finish chunk; then, when asked for, one usage chunk with no choices."""
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model_name}
+
+    def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
+        return {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+    out = []
+    for i, text in enumerate(replies):
+        out.append(chunk(i, {"role": "assistant", "content": ""}))
+        out += [chunk(i, {"content": piece}) for piece in _PIECE.findall(text)]
+        out.append(chunk(i, {}, "stop"))
+    if include_usage:
+        out.append({**head, "choices": [], "usage": usage})
+    return out
 
 
 class ChatServer:
@@ -147,9 +188,18 @@ class ChatServer:
             return False
         return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self._token.encode())
 
-    def complete(self, body: dict) -> dict:
-        if body.get("stream"):
-            raise RequestError(400, "streaming is not supported", "stream")
+    def complete(self, body: dict) -> tuple[list[str], dict | None]:
+        """The replies of a chat-completions request and their usage."""
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise RequestError(404, f"The model '{model}' does not exist; this server serves '{self.model_name}'",
+                               "model")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise RequestError(400, "'stream' must be a boolean", "stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise RequestError(400, "'stream_options' must be an object", "stream_options")
         messages = parse_messages(body.get("messages"))
         config = parse_config(body, max_n=self.max_n)
         with self._lock:  # one request at a time on the model
@@ -157,8 +207,8 @@ class ChatServer:
                 replies = self.generator.generate([messages], config)[0]
             except UserError as e:
                 raise RequestError(400, str(e)) from None
-            stats = getattr(self.generator, "last_stats", None)
-        return completion_body(self.model_name, replies, getattr(stats, "tokens", None))
+            usage = usage_body(getattr(self.generator, "last_stats", None))
+        return replies, usage
 
 
 def _handler_class(server: ChatServer):
@@ -193,7 +243,12 @@ def _handler_class(server: ChatServer):
                     raise RequestError(400, "request body is not valid JSON") from None
                 if not isinstance(body, dict):
                     raise RequestError(400, "request body must be a JSON object")
-                self._send(200, server.complete(body))
+                replies, usage = server.complete(body)
+                if body.get("stream"):
+                    include = bool((body.get("stream_options") or {}).get("include_usage"))
+                    self._send_events(stream_chunks(server.model_name, replies, usage, include))
+                else:
+                    self._send(200, completion_body(server.model_name, replies, usage))
             except RequestError as e:
                 self._error(e.status, str(e), e.param)
             except Exception as e:  # a model failure must not kill the server thread silently
@@ -209,6 +264,17 @@ def _handler_class(server: ChatServer):
         def _error(self, status: int, message: str, param: str | None = None,
                    kind: str = "invalid_request_error"):
             self._send(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
+
+        def _send_events(self, chunks: list[dict]):
+            """Server-sent events, then [DONE]; HTTP/1.0, so the closed connection ends the body."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            for c in chunks:
+                self.wfile.write(b"data: " + json.dumps(c, ensure_ascii=False).encode("utf-8") + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
 
         def _send(self, status: int, obj: dict):
             data = json.dumps(obj, ensure_ascii=False).encode("utf-8")

@@ -36,6 +36,7 @@ class GenerationStats:
     tokens: int = 0        # generated tokens, end-of-turn included, padding after it excluded
     seconds: float = 0.0
     sequences: int = 0
+    prompt_tokens: int = 0  # tokens of the rendered prompts, each conversation counted once
 
     @property
     def tokens_per_second(self) -> float:
@@ -139,6 +140,7 @@ class TransformersGenerator:
             self.last_stats = stats
             return []
         prompts = [encode_prompt(self.tokenizer, conv) for conv in conversations]
+        stats.prompt_tokens = sum(map(len, prompts))
         greedy = config.temperature == 0
         # Greedy samples of one prompt are identical: decode once, copy n times.
         runs = 1 if greedy else config.n
