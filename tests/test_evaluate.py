@@ -400,3 +400,10 @@ def test_cached_replies_are_keyed_by_the_weight_files(tmp_path):
     os.utime(folder / "model.safetensors", ns=(1, 1))  # retrained in place
     assert generations.generation_fingerprint(str(folder), "model", 8, 0.0, 0) != before
     assert generations.generation_fingerprint(str(folder), "model", 16, 0.0, 0) != generations.generation_fingerprint(str(folder), "model", 8, 0.0, 0)
+    fp = lambda *a: generations.generation_fingerprint(str(folder), "model", 8, 0.0, 0, *a)  # noqa: E731
+    assert fp("fp32") == fp() != fp("bf16")  # fp32 keeps its old key; bf16 replies are cached apart
+
+
+def test_generation_precision_is_checked(tmp_path):
+    with pytest.raises(ev.UserError, match="generation_precision"):
+        ev.evaluate_model("default", out_dir=tmp_path, generation_precision="fp16")

@@ -32,11 +32,12 @@ def done_names(results: Path) -> set[str]:
     return {json.loads(x)["name"] for x in results.read_text().splitlines() if x.strip()}
 
 
-def model_replies(eval_dir: Path, model_spec: str, max_new_tokens: int, seed: int) -> dict[str, dict[str, str]]:
+def model_replies(eval_dir: Path, model_spec: str, max_new_tokens: int, seed: int,
+                  precision: str = "fp32") -> dict[str, dict[str, str]]:
     """The model's greedy replies per prompt set, read back from evaluate's generations.jsonl."""
     from negalign.evaluation.generations import GENERATIONS_FILE, generation_fingerprint
 
-    fp = generation_fingerprint(model_spec, "model", max_new_tokens, 0.0, seed)
+    fp = generation_fingerprint(model_spec, "model", max_new_tokens, 0.0, seed, precision)
     out: dict[str, dict[str, str]] = {}
     for line in (eval_dir / GENERATIONS_FILE).read_text().splitlines():
         row = json.loads(line) if line.strip() else None
@@ -111,7 +112,8 @@ def main() -> None:
         s = res["settings"]
         row = {"name": name, "set": overrides, "device": device, "train": summary,
                "eval_s": round(time.perf_counter() - t1, 1), "total_s": round(time.perf_counter() - t0, 1),
-               "eval": res, "replies": model_replies(eval_dir, model_spec, s["max_new_tokens"], s["seed"])}
+               "eval": res, "replies": model_replies(eval_dir, model_spec, s["max_new_tokens"], s["seed"],
+                                                    s.get("generation_precision", "fp32"))}
         with open(results, "a") as f:
             f.write(json.dumps(row) + "\n")
         m = res["metrics"]

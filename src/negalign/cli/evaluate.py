@@ -29,6 +29,9 @@ def add_evaluate_parser(sub) -> None:
                    help="'default' (the offline Qwen2.5-Coder-1.5B judge), 'none', a judge model folder or .gguf, "
                         "or an OpenAI-compatible base URL (with --judge-model)")
     p.add_argument("--judge-model", help="model name on the judge server")
+    p.add_argument("--generation-precision", choices=("bf16", "fp32"), default="bf16",
+                   help="weights used to generate replies (bf16: 2-3x faster on CPU; log-probs always use fp32 "
+                        "weights under bf16 autocast)")
     p.add_argument("--judge-batch-size", type=int, help="items per judge forward and per durable write "
                                                          "of judge_scores.jsonl (default 8)")
     p.add_argument("--judge-rubric", help="rubric for a local judge model: harm15 (default), harm15_reply, "
@@ -74,7 +77,8 @@ def main_evaluate(args) -> int:
     sizes = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in base}
     result = evaluate_model(spec, reference_spec=args.reference, out_dir=args.out or default_out, **sizes,
                             n_heldout=args.n_heldout, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size, judge=judge, harm_classifier=args.harm_classifier,
+                            batch_size=args.batch_size, generation_precision=args.generation_precision,
+                            judge=judge, harm_classifier=args.harm_classifier,
                             kl=not args.no_kl, seed=args.seed)
     print("\n".join(summary_lines(result)))
     run = RunDir(args.model)

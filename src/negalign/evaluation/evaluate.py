@@ -263,21 +263,44 @@ class Replies:
     samples: list[str]            # the model's temperature-1 samples (KL); [] without KL
 
 
+class _LazyGenerator:
+    """A TransformersGenerator over a bf16 copy of a model, made on first use (cached replies need none)."""
+
+    def __init__(self, model, tokenizer, batch_size: int, precision: str):
+        self.model, self.tokenizer, self.batch_size, self.precision = model, tokenizer, batch_size, precision
+        self._gen = None
+
+    def generate(self, conversations, config):
+        import copy
+
+        import torch
+
+        from negalign.generation.transformers_backend import TransformersGenerator
+
+        if self._gen is None:
+            model = copy.deepcopy(self.model).to(torch.bfloat16) if self.precision == "bf16" else self.model
+            self._gen = TransformersGenerator(model, self.tokenizer, batch_size=self.batch_size)
+        return self._gen.generate(conversations, config)
+
+
 def generate_replies(models: Models, sets: PromptSets, store: GenerationStore, model_spec: str, reference_spec: str,
-                     *, max_new_tokens: int, batch_size: int, seed: int, kl: bool, log) -> Replies:
+                     *, max_new_tokens: int, batch_size: int, seed: int, kl: bool, log,
+                     precision: str = "bf16") -> Replies:
     """Greedy replies of the model to every set and of the reference to the benign set, plus the model's
-    samples; each reused from generations.jsonl when already there."""
+    samples; each reused from generations.jsonl when already there.
+
+    precision bf16: generate with a bf16 copy of each model (2-3x faster on CPU than fp32; the log-prob
+    metrics still score the fp32 weights under bf16 autocast).
+    """
     from negalign.generation.base import GenerationConfig
-    from negalign.generation.transformers_backend import TransformersGenerator
 
     greedy = GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
     sampled = GenerationConfig(n=1, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
-    gen_model = TransformersGenerator(models.model, models.tokenizer, batch_size=batch_size)
-    gen_ref = gen_model if models.same else TransformersGenerator(models.reference, models.tokenizer,
-                                                                  batch_size=batch_size)
-    fp_model = generation_fingerprint(model_spec, "model", max_new_tokens, 0.0, seed)
-    fp_ref = generation_fingerprint(reference_spec, "model", max_new_tokens, 0.0, seed)  # same key when same model
-    fp_sample = generation_fingerprint(model_spec, "sample", max_new_tokens, 1.0, seed)
+    gen_model = _LazyGenerator(models.model, models.tokenizer, batch_size, precision)
+    gen_ref = gen_model if models.same else _LazyGenerator(models.reference, models.tokenizer, batch_size, precision)
+    fp_model = generation_fingerprint(model_spec, "model", max_new_tokens, 0.0, seed, precision)
+    fp_ref = generation_fingerprint(reference_spec, "model", max_new_tokens, 0.0, seed, precision)  # same when same model
+    fp_sample = generation_fingerprint(model_spec, "sample", max_new_tokens, 1.0, seed, precision)
     return Replies(
         harmful=store.generate(gen_model, "model", fp_model, "harmful", sets.harmful, greedy, log=log),
         overrefusal=store.generate(gen_model, "model", fp_model, "overrefusal", sets.overrefusal, greedy, log=log),
@@ -308,6 +331,7 @@ def _check_sizes(**sizes) -> None:
 def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir: str | Path,
                    n_harmful: int = 150, n_benign: int = 100, n_overrefusal: int = 270,
                    n_heldout: int | None = None, max_new_tokens: int = 64, batch_size: int = 32,
+                   generation_precision: str = "bf16",
                    max_response_tokens: int = 192, judge="default", harm_classifier=None,
                    harm_exclude_train: bool = True, heldout_fraction: float = 0.2, split_seed: int = 0,
                    seed: int = 0, n_boot: int = 1000, kl: bool = True, log=print) -> dict:
@@ -320,6 +344,8 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     proxy off: harm_score_mean and harmful_compliance_rate are n/a), or an object with
     score(prompts, responses) -> P(harmful).
     """
+    if generation_precision not in ("bf16", "fp32"):
+        raise UserError(f"must be 'bf16' or 'fp32', got {generation_precision!r}", field="generation_precision")
     _check_sizes(n_harmful=n_harmful, n_benign=n_benign, n_overrefusal=n_overrefusal,
                  max_new_tokens=max_new_tokens, batch_size=batch_size, n_heldout=n_heldout)
     t_start = time.perf_counter()
@@ -333,7 +359,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     with _timed(timing, "generate_s"):
         replies = generate_replies(models, sets, GenerationStore(out_dir / GENERATIONS_FILE), model_spec,
                                    reference_spec, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                                   kl=kl, log=log)
+                                   kl=kl, log=log, precision=generation_precision)
     with _timed(timing, "score_s"):
         eval_texts = {p["prompt"].strip() for p in sets.harmful + sets.overrefusal + sets.benign}
         clf = _harm_classifier(harm_classifier, eval_texts, harm_exclude_train, heldout_fraction, split_seed)
@@ -357,6 +383,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
                 "n_heldout_positives": heldout.details["n_heldout_positives"],
                 "n_pair_prompts": heldout.details["n_pair_prompts"], "max_new_tokens": max_new_tokens,
                 "max_response_tokens": max_response_tokens, "seed": seed, "n_boot": n_boot,
+                "generation_precision": generation_precision,
                 "heldout_fraction": heldout_fraction, "split_seed": split_seed,
                 "harm_threshold": HARM_THRESHOLD, "harm_exclude_train": harm_exclude_train}
     result = {

@@ -67,10 +67,15 @@ def model_identity(spec: str) -> list:
     return [spec] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def generation_fingerprint(spec: str, role: str, max_new_tokens: int, temperature: float, seed: int) -> str:
-    """The cache key of one model's replies under one set of generation settings."""
-    return fingerprint({"v": FORMAT_VERSION, "model": model_identity(spec), "role": role,
-                        "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
+def generation_fingerprint(spec: str, role: str, max_new_tokens: int, temperature: float, seed: int,
+                           precision: str = "fp32") -> str:
+    """The cache key of one model's replies under one set of generation settings (fp32 replies keep
+    the key they had before precision was a setting)."""
+    key = {"v": FORMAT_VERSION, "model": model_identity(spec), "role": role,
+           "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    if precision != "fp32":
+        key["precision"] = precision
+    return fingerprint(key)
 
 
 JUDGE_FILE = "judge_scores.jsonl"
