@@ -29,6 +29,8 @@ def add_evaluate_parser(sub) -> None:
                    help="'default' (the offline Qwen2.5-Coder-1.5B judge), 'none', a judge model folder or .gguf, "
                         "or an OpenAI-compatible base URL (with --judge-model)")
     p.add_argument("--judge-model", help="model name on the judge server")
+    p.add_argument("--no-win-rate", action="store_true",
+                   help="skip the judge's pairwise win rate on benign prompts (its slowest part on a CPU)")
     p.add_argument("--generation-precision", choices=("bf16", "fp32"), default="bf16",
                    help="weights used to generate replies (bf16: 2-3x faster on CPU; log-probs always use fp32 "
                         "weights under bf16 autocast)")
@@ -78,7 +80,7 @@ def main_evaluate(args) -> int:
     result = evaluate_model(spec, reference_spec=args.reference, out_dir=args.out or default_out, **sizes,
                             n_heldout=args.n_heldout, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, generation_precision=args.generation_precision,
-                            judge=judge, harm_classifier=args.harm_classifier,
+                            judge=judge, judge_benign=not args.no_win_rate, harm_classifier=args.harm_classifier,
                             kl=not args.no_kl, seed=args.seed)
     print("\n".join(summary_lines(result)))
     run = RunDir(args.model)

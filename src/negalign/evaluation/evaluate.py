@@ -331,12 +331,14 @@ def _check_sizes(**sizes) -> None:
 def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir: str | Path,
                    n_harmful: int = 150, n_benign: int = 100, n_overrefusal: int = 270,
                    n_heldout: int | None = None, max_new_tokens: int = 64, batch_size: int = 32,
-                   generation_precision: str = "bf16",
+                   generation_precision: str = "bf16", judge_benign: bool = True,
                    max_response_tokens: int = 192, judge="default", harm_classifier=None,
                    harm_exclude_train: bool = True, heldout_fraction: float = 0.2, split_seed: int = 0,
                    seed: int = 0, n_boot: int = 1000, kl: bool = True, log=print) -> dict:
     """Evaluate `model_spec` against `reference_spec`; write out_dir/eval.json and return it.
 
+    judge_benign: False skips the judge's pairwise win rate on the benign prompts (n/a), the slowest
+    part of a judged evaluation on CPU.
     judge: "default" (the offline Qwen2.5-Coder-1.5B VerdictJudge), None (off), a model name, folder
     or .gguf (a VerdictJudge on it), {"base_url", "model"} or a ChatGenerator (free-text ratings),
     or a judge object (score, compare, threshold); see make_judge.
@@ -374,8 +376,9 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
         scored = cached_scorer(judge_obj, ScoreStore(out_dir / JUDGE_FILE), log)
         judged_harm = judge_harm_section(judge_obj, sets.harmful, replies.harmful, harmful.details["refused"],
                                          harmful.details["empty"], boot, scored)
-        judged = judge_section(judge_obj, sets.benign, replies.benign, replies.reference_benign, boot, scored,
-                               models.same)
+        # judge_benign False: no pairwise win rate (two long judge passes per benign prompt)
+        judged = judge_section(judge_obj if judge_benign else None, sets.benign, replies.benign,
+                               replies.reference_benign, boot, scored, models.same)
     diversity = diversity_section(replies.benign, boot)
     timing["total_s"] = time.perf_counter() - t_start
     settings = {"n_harmful": len(sets.harmful), "n_benign": len(sets.benign), "n_overrefusal": len(sets.overrefusal),
