@@ -131,7 +131,8 @@ def format_table(t: dict) -> str:
     lines = [f"| {'held-out metric (95% CI)'.ljust(w)} | {'initial'.rjust(v)} | {'trained'.rjust(v)} |",
              f"|{'-' * (w + 2)}|{'-' * (v + 2)}|{'-' * (v + 2)}|"]
     lines += [f"| {a.ljust(w)} | {b.rjust(v)} | {c.rjust(v)} |" for a, b, c in rows]
-    lines.append(f"\njudge: {t['judge']}; the initial model is its own reference, so its log-prob shifts are 0.")
+    lines.append(f"\njudge: {_judge_name(t['judge'])}; the initial model is its own reference, so its log-prob "
+                 "shifts are 0.")
     for title, key in (("Harmful requests the initial model complied with and the trained model declines:",
                         "declined_now"),
                        ("Benign-but-edgy requests the trained model still answers:", "still_answered")):
@@ -142,6 +143,15 @@ def format_table(t: dict) -> str:
             lines.append(f"  prompt:  {_clip(ex['prompt'], 100)}\n  initial: {_clip(ex['before'], 120)}\n"
                          f"  trained: {_clip(ex['after'], 120)}\n")
     return "\n".join(lines).rstrip()
+
+
+def _judge_name(spec) -> str:
+    """'qwen2.5-coder-1.5b, rubric harm15, probe judge_probe.json' from the judge's spec."""
+    if not isinstance(spec, dict):
+        return str(spec)
+    parts = [str(spec.get("model", "?"))]
+    parts += [f"{k} {Path(str(v)).name}" for k, v in spec.items() if k != "model" and v is not None]
+    return ", ".join(parts)
 
 
 def _clip(text: str, n: int) -> str:
