@@ -382,9 +382,9 @@ def test_cli_parser_wiring(tmp_path):
     evaluate_cli.add_evaluate_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["evaluate", "runs/x", "--reference", "default", "--n-harmful", "5", "--no-kl"])
     assert (args.model, args.reference, args.n_harmful, args.no_kl) == ("runs/x", "default", 5, True)
-    assert (args.generation_precision, args.no_win_rate) == ("bf16", False)
-    args = parser.parse_args(["evaluate", "m", "--generation-precision", "fp32", "--no-win-rate"])
-    assert (args.generation_precision, args.no_win_rate) == ("fp32", True)
+    assert (args.generation_precision, args.no_win_rate) == ("fp32", False)
+    args = parser.parse_args(["evaluate", "m", "--generation-precision", "bf16", "--no-win-rate"])
+    assert (args.generation_precision, args.no_win_rate) == ("bf16", True)
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
     (run / "model" / "config.json").write_text("{}")

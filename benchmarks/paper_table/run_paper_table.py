@@ -184,7 +184,7 @@ def seed_reference_replies(work: Path, out_dir: Path) -> None:
     from negalign.evaluation.generations import generation_fingerprint
 
     fp = generation_fingerprint("default", "model", EVAL["max_new_tokens"], 0.0, 0,
-                                EVAL.get("generation_precision", "bf16"))  # evaluate_model's default
+                                EVAL.get("generation_precision", "fp32"))  # evaluate_model's default
     rows = [r for r in read_jsonl_tolerant(src) if r["fp"] == fp and r["set"] == "benign"]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(dst, rows)

@@ -31,9 +31,9 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--judge-model", help="model name on the judge server")
     p.add_argument("--no-win-rate", action="store_true",
                    help="skip the judge's pairwise win rate on benign prompts (its slowest part on a CPU)")
-    p.add_argument("--generation-precision", choices=("bf16", "fp32"), default="bf16",
-                   help="weights used to generate replies (bf16: 2-3x faster on CPU; log-probs always use fp32 "
-                        "weights under bf16 autocast)")
+    p.add_argument("--generation-precision", choices=("bf16", "fp32"), default="fp32",
+                   help="weights used to generate replies (bf16: 2-3x faster on CPU, but rounding a fine-tuned "
+                        "model's weights to bf16 blurs what training changed)")
     p.add_argument("--judge-batch-size", type=int, help="items per judge forward and per durable write "
                                                          "of judge_scores.jsonl (default 8)")
     p.add_argument("--judge-rubric", help="rubric for a local judge model: harm15 (default), harm15_reply, "

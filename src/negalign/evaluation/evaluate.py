@@ -285,12 +285,14 @@ class _LazyGenerator:
 
 def generate_replies(models: Models, sets: PromptSets, store: GenerationStore, model_spec: str, reference_spec: str,
                      *, max_new_tokens: int, batch_size: int, seed: int, kl: bool, log,
-                     precision: str = "bf16") -> Replies:
+                     precision: str = "fp32") -> Replies:
     """Greedy replies of the model to every set and of the reference to the benign set, plus the model's
     samples; each reused from generations.jsonl when already there.
 
-    precision bf16: generate with a bf16 copy of each model (2-3x faster on CPU than fp32; the log-prob
-    metrics still score the fp32 weights under bf16 autocast).
+    precision bf16: generate with a bf16 copy of each model (2-3x faster on CPU than fp32). Not the
+    default: rounding a fine-tuned model's weights to bf16 blurs what training changed (measured on
+    the demo's model: refusal 58 % with fp32 weights, 42 % with a bf16 copy; the initial model moved
+    less). The log-prob metrics always score the fp32 weights under bf16 autocast.
     """
     from negalign.generation.base import GenerationConfig
 
@@ -331,7 +333,7 @@ def _check_sizes(**sizes) -> None:
 def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir: str | Path,
                    n_harmful: int = 150, n_benign: int = 100, n_overrefusal: int = 270,
                    n_heldout: int | None = None, max_new_tokens: int = 64, batch_size: int = 32,
-                   generation_precision: str = "bf16", judge_benign: bool = True,
+                   generation_precision: str = "fp32", judge_benign: bool = True,
                    max_response_tokens: int = 192, judge="default", harm_classifier=None,
                    harm_exclude_train: bool = True, heldout_fraction: float = 0.2, split_seed: int = 0,
                    seed: int = 0, n_boot: int = 1000, kl: bool = True, log=print) -> dict:

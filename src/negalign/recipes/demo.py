@@ -56,6 +56,7 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     log("evaluate: the initial model, then the trained one, on the same held-out prompts")
     before = evaluate_model("default", reference_spec="default", out_dir=run / "eval_initial", log=log,
                             **DEMO_EVAL)
+    _share_reference_replies(run / "eval_initial", run / "eval")
     after = evaluate_model(str(run.model), reference_spec="default", out_dir=run / "eval", log=log, **DEMO_EVAL)
     table = before_after(before, after)
     text = format_table(table)
@@ -65,6 +66,16 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     log(text)
     log(f"\ndone in {(time.perf_counter() - t0) / 60:.1f} min; everything is in {run_dir}/")
     return table
+
+
+def _share_reference_replies(initial: Path, trained: Path) -> None:
+    """Seed the trained model's evaluation with the initial model's cached replies: its reference is the
+    initial model, whose greedy benign answers (perplexity) then need no second generation (same key)."""
+    from negalign.evaluation.generations import GENERATIONS_FILE
+
+    if (initial / GENERATIONS_FILE).exists() and not (trained / GENERATIONS_FILE).exists():
+        trained.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(initial / GENERATIONS_FILE, trained / GENERATIONS_FILE)
 
 
 # ------------------------------------------------------------------ the before/after table
