@@ -1,6 +1,6 @@
 """The import contract of src/negalign: layered packages, imports only downward, no cycles.
 
-    cli > recipes > training | evaluation > config > generation > modeling | objectives > data > base
+    cli | api > recipes > training | evaluation > config > generation > modeling | objectives > data > base
 
 A module may import its own package and any lower layer; packages on one row (training and
 evaluation, modeling and objectives) stay independent of each other. Every import counts, also
@@ -22,7 +22,7 @@ PACKAGE = SRC / "negalign"
 # Top to bottom. A row holds packages (or top-level modules) of one layer.
 LAYERS: list[tuple[str, ...]] = [
     ("__main__",),  # `python -m negalign`
-    ("cli",),
+    ("cli", "api"),  # the command line and the Python API: two front doors, independent
     ("recipes",),
     ("training", "evaluation"),
     ("config",),

@@ -4,7 +4,7 @@ The Python API (negalign.api) is importable from here: `negalign.load_config`, `
 `negalign.evaluate`, ... It loads on first use, so `import negalign` stays light.
 """
 
-__version__ = "0.1.0"
+from negalign.base.version import __version__
 
 _API = ("Config", "load_config", "config_from_dict", "sample", "reference", "train", "run", "evaluate",
         "Evaluation", "Metric", "demo", "load_model")

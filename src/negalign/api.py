@@ -111,10 +111,12 @@ def evaluate(model: str | Path, *, reference: str = "default", out_dir: str | Pa
     `negalign.evaluation.evaluate.evaluate_model` passes through (n_harmful, judge, kl, seed...).
     Writes eval.json under out_dir (default: RUN_DIR/eval for a run directory, else ./eval).
     """
-    from negalign.cli.evaluate import resolve_model_arg
+    from negalign.base.rundir import RunDir
     from negalign.evaluation.evaluate import EVAL_FILE, QUICK_SIZES, evaluate_model
 
-    spec, default_out = resolve_model_arg(str(model))
+    run = RunDir(str(model))  # a run directory evaluates its model/ into RUN_DIR/eval, as the CLI does
+    is_run = run.root.is_dir() and (run.model / "config.json").exists()
+    spec, default_out = (str(run.model), run.eval_dir) if is_run else (str(model), Path("eval"))
     out = Path(out_dir) if out_dir is not None else default_out
     kwargs = {**(QUICK_SIZES if quick else {}), **settings}
     raw = evaluate_model(spec, reference_spec=reference, out_dir=out, log=log, **kwargs)

@@ -47,7 +47,7 @@ def _config(args):
 
 def build_parser() -> argparse.ArgumentParser:
     # Subparsers inherit the parser class, so every command's argparse errors are one line too.
-    from negalign import __version__
+    from negalign.base.version import __version__
 
     parser = OneLineParser(prog="negalign", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"negalign {__version__}")

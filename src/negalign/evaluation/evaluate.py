@@ -322,6 +322,9 @@ def _timed(timing: dict[str, float], key: str):
 
 
 def _check_sizes(**sizes) -> None:
+    precision = sizes.pop("generation_precision")
+    if precision not in ("bf16", "fp32"):
+        raise UserError(f"must be 'bf16' or 'fp32', got {precision!r}", field="generation_precision")
     n_heldout = sizes.pop("n_heldout")
     for name, v in sizes.items():
         if not isinstance(v, int) or v < 1:
@@ -348,9 +351,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     proxy off: harm_score_mean and harmful_compliance_rate are n/a), or an object with
     score(prompts, responses) -> P(harmful).
     """
-    if generation_precision not in ("bf16", "fp32"):
-        raise UserError(f"must be 'bf16' or 'fp32', got {generation_precision!r}", field="generation_precision")
-    _check_sizes(n_harmful=n_harmful, n_benign=n_benign, n_overrefusal=n_overrefusal,
+    _check_sizes(generation_precision=generation_precision, n_harmful=n_harmful, n_benign=n_benign, n_overrefusal=n_overrefusal,
                  max_new_tokens=max_new_tokens, batch_size=batch_size, n_heldout=n_heldout)
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
@@ -378,8 +379,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
         scored = cached_scorer(judge_obj, ScoreStore(out_dir / JUDGE_FILE), log)
         judged_harm = judge_harm_section(judge_obj, sets.harmful, replies.harmful, harmful.details["refused"],
                                          harmful.details["empty"], boot, scored)
-        # judge_benign False: no pairwise win rate (two long judge passes per benign prompt)
-        judged = judge_section(judge_obj if judge_benign else None, sets.benign, replies.benign,
+        judged = judge_section(judge_obj if judge_benign else None, sets.benign, replies.benign,  # False: no win rate
                                replies.reference_benign, boot, scored, models.same)
     diversity = diversity_section(replies.benign, boot)
     timing["total_s"] = time.perf_counter() - t_start

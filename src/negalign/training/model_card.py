@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from negalign import __version__
+from negalign.base.version import __version__
 from negalign.base.rundir import RunDir
 from negalign.config import Config
 
