@@ -18,6 +18,7 @@ from pathlib import Path
 from negalign.base.io import write_json, write_text
 from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
+from negalign.evaluation.evaluate import QUICK_SIZES
 
 # The recipe of configs/d2o_smollm2.yaml with fewer prompts, fewer hold groups, shorter negatives and
 # fewer, larger steps (benchmarks/d2o_recipe/README.md, "The demo's scale").
@@ -32,8 +33,7 @@ DEMO_SETTINGS = {
 }
 # evaluate's quick sizes; the judge on for the harmful replies; the judge's benign win rate, the MiniLM
 # proxy and the sampled KL off (time: the win rate alone took 4 min of judging on 2 cores)
-DEMO_EVAL = {"n_harmful": 48, "n_overrefusal": 48, "n_benign": 24, "judge": "default", "judge_benign": False,
-             "harm_classifier": "none", "kl": False}
+DEMO_EVAL = {**QUICK_SIZES, "judge": "default", "judge_benign": False, "harm_classifier": "none", "kl": False}
 
 
 def demo_config(run_dir: str) -> Config:
