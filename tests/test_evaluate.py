@@ -294,11 +294,49 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
     def no_generation(*a, **k):
         raise AssertionError("generation was redone")
 
+    def no_scoring(*a, **k):
+        raise AssertionError("log-probs were computed again")
+
     monkeypatch.setattr("negalign.generation.transformers_backend.TransformersGenerator.generate", no_generation)
+    monkeypatch.setattr("negalign.evaluation.logprob_cache.response_logprobs", no_scoring)
     again = ev.evaluate_model(spec, reference_spec=spec, out_dir=out, harm_classifier=small_classifier,
                               log=lambda *_: None, **SMALL)
     assert again["metrics"] == result["metrics"]
     assert len((out / generations.GENERATIONS_FILE).read_text().splitlines()) == 9
+
+
+def test_a_reference_evaluated_before_is_not_scored_again(tiny_model_dir, tmp_path, small_classifier, tokenizer,
+                                                          monkeypatch):
+    """As the demo does: evaluate the initial model, seed the trained model's evaluation with its
+    caches; the reference's log-probs come from the cache and the metrics equal an unseeded run's."""
+    import shutil
+
+    from tiny_models import tiny_llama
+
+    from negalign.evaluation import logprob_cache
+
+    other = tmp_path / "other"
+    tiny_llama(tokenizer, seed=7).save_pretrained(other, safe_serialization=True)
+    tokenizer.save_pretrained(other)
+    ref, kw = str(tiny_model_dir), dict(harm_classifier=small_classifier, log=lambda *_: None, **SMALL)
+    plain = ev.evaluate_model(str(other), reference_spec=ref, out_dir=tmp_path / "plain", **kw)
+    ev.evaluate_model(ref, reference_spec=ref, out_dir=tmp_path / "initial", **kw)
+    seeded = tmp_path / "seeded"
+    seeded.mkdir()
+    shutil.copyfile(tmp_path / "initial" / logprob_cache.LOGPROBS_FILE, seeded / logprob_cache.LOGPROBS_FILE)
+    scored = []
+    real = logprob_cache.response_logprobs
+
+    def counting(model, *a, **k):
+        scored.append(model.config._name_or_path)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(logprob_cache, "response_logprobs", counting)
+    result = ev.evaluate_model(str(other), reference_spec=ref, out_dir=seeded, **kw)
+    assert scored and all(name == str(other) for name in scored)  # only the trained model was scored
+    for name in ("benign_perplexity", "benign_perplexity_reference", "negative_logprob_shift_per_token",
+                 "positive_logprob_shift_per_token", "heldout_pair_accuracy"):
+        assert result["metrics"][name] == plain["metrics"][name], name
 
 
 def test_evaluate_against_another_model_and_with_a_judge(tiny_model_dir, tmp_path, small_classifier, tokenizer):

@@ -83,6 +83,7 @@ from negalign.base.io import write_json
 from negalign.data.records import Example
 from negalign.evaluation.generations import (FORMAT_VERSION, GENERATIONS_FILE, JUDGE_FILE, GenerationStore,
                                              ScoreStore, generation_fingerprint)
+from negalign.evaluation.logprob_cache import LOGPROBS_FILE, LogprobStore, scoring_identity
 from negalign.evaluation.metrics import HARM_THRESHOLD
 from negalign.evaluation.sections import (Models, benign_section, diversity_section, harmful_section,
                                           heldout_section, judge_harm_section, judge_section)
@@ -245,13 +246,17 @@ def cached_scorer(judge, store: ScoreStore, log):
 # ------------------------------------------------------------------ models and their replies
 
 
-def load_models(model_spec: str, reference_spec: str) -> Models:
+def load_models(model_spec: str, reference_spec: str, logprob_cache: Path | None = None) -> Models:
+    """Both models in eval mode; with `logprob_cache` (a logprobs.jsonl), their log-probs are cached there."""
     from negalign.modeling.loading import load_model
 
     model, tok = load_model(model_spec)
     reference = model if model_spec == reference_spec else load_model(reference_spec)[0]
     model.eval(), reference.eval()
-    return Models(model, reference, tok)
+    if logprob_cache is None:
+        return Models(model, reference, tok)
+    ids = {"model": scoring_identity(model_spec), "reference": scoring_identity(reference_spec)}
+    return Models(model, reference, tok, LogprobStore(logprob_cache), ids)
 
 
 @dataclass
@@ -360,7 +365,7 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     boot = dict(n_boot=n_boot, seed=seed)
     sets = prompt_sets(n_harmful, n_overrefusal, n_benign, n_heldout, heldout_fraction, split_seed)
     with _timed(timing, "load_s"):
-        models = load_models(model_spec, reference_spec)
+        models = load_models(model_spec, reference_spec, out_dir / LOGPROBS_FILE)
     with _timed(timing, "generate_s"):
         replies = generate_replies(models, sets, GenerationStore(out_dir / GENERATIONS_FILE), model_spec,
                                    reference_spec, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,

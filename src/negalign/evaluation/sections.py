@@ -22,14 +22,25 @@ from negalign.evaluation.stats import Estimate, bootstrap_mean, bootstrap_ratio
 
 @dataclass
 class Models:
-    """The evaluated model and its reference (the same object when they are the same model)."""
+    """The evaluated model and its reference (the same object when they are the same model), and
+    optionally a log-prob cache (evaluation.logprob_cache.LogprobStore) with each model's key in it."""
     model: Any
     reference: Any
     tokenizer: Any
+    store: Any = None
+    ids: dict[str, str] = field(default_factory=dict)  # "model" / "reference" -> cache key
 
     @property
     def same(self) -> bool:
         return self.model is self.reference
+
+    def logprobs(self, role: str, prompts: list, responses: list[str], *, max_response_tokens: int):
+        """response_logprobs of the model or the reference, through the cache when there is one."""
+        model = self.model if role == "model" else self.reference
+        if self.store is None:
+            return response_logprobs(model, self.tokenizer, prompts, responses, max_response_tokens=max_response_tokens)
+        return self.store.logprobs(self.ids[role], model, self.tokenizer, prompts, responses,
+                                   max_response_tokens=max_response_tokens)
 
 
 @dataclass
@@ -80,8 +91,8 @@ def benign_section(models: Models, benign: list[dict], reference_replies: list[s
     tok = models.tokenizer
     prompts = [normalize_prompt(p["prompt"]) for p in benign]
     kw = dict(max_response_tokens=max_response_tokens)
-    lp, lengths = response_logprobs(models.model, tok, prompts, reference_replies, **kw)
-    lp_ref = lp if models.same else response_logprobs(models.reference, tok, prompts, reference_replies, **kw)[0]
+    lp, lengths = models.logprobs("model", prompts, reference_replies, **kw)
+    lp_ref = lp if models.same else models.logprobs("reference", prompts, reference_replies, **kw)[0]
     neg_ppl = lambda x: np.exp(-np.asarray(x))  # noqa: E731  perplexity = exp(-mean log p)
     metrics = {"benign_perplexity": bootstrap_ratio(lp.tolist(), lengths.tolist(), transform=neg_ppl, **boot),
                "benign_perplexity_reference": bootstrap_ratio(lp_ref.tolist(), lengths.tolist(), transform=neg_ppl,
@@ -99,14 +110,13 @@ def benign_section(models: Models, benign: list[dict], reference_replies: list[s
 def heldout_section(models: Models, heldout: list[Example], *, max_response_tokens: int, boot: dict) -> Section:
     """Pair accuracy of the implicit reward on held-out (safe, harmful) human pairs, and the log-prob
     shift of the held-out human negatives."""
-    tok = models.tokenizer
     pairs = [(ex, y, "neg") for ex in heldout for y in ex.negatives] + \
             [(ex, y, "pos") for ex in heldout for y in ex.positives]
     prompts = [ex.prompt for ex, _, _ in pairs]
     responses = [y for _, y, _ in pairs]
     kw = dict(max_response_tokens=max_response_tokens)
-    lp_m, lens = response_logprobs(models.model, tok, prompts, responses, **kw)
-    lp_r = lp_m if models.same else response_logprobs(models.reference, tok, prompts, responses, **kw)[0]
+    lp_m, lens = models.logprobs("model", prompts, responses, **kw)
+    lp_r = lp_m if models.same else models.logprobs("reference", prompts, responses, **kw)[0]
     reward = (lp_m - lp_r).double().tolist()
     neg_idx = [i for i, (_, _, kind) in enumerate(pairs) if kind == "neg"]
     pos_idx = [i for i, (_, _, kind) in enumerate(pairs) if kind == "pos"]

@@ -56,7 +56,7 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     log("evaluate: the initial model, then the trained one, on the same held-out prompts")
     before = evaluate_model("default", reference_spec="default", out_dir=run / "eval_initial", log=log,
                             **DEMO_EVAL)
-    _share_reference_replies(run / "eval_initial", run / "eval")
+    _share_reference_caches(run / "eval_initial", run / "eval")
     after = evaluate_model(str(run.model), reference_spec="default", out_dir=run / "eval", log=log, **DEMO_EVAL)
     table = before_after(before, after)
     text = format_table(table)
@@ -68,14 +68,17 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     return table
 
 
-def _share_reference_replies(initial: Path, trained: Path) -> None:
-    """Seed the trained model's evaluation with the initial model's cached replies: its reference is the
-    initial model, whose greedy benign answers (perplexity) then need no second generation (same key)."""
+def _share_reference_caches(initial: Path, trained: Path) -> None:
+    """Seed the trained model's evaluation with the initial model's cached replies and log-probs: its
+    reference is the initial model, whose greedy benign answers and log-probs of the benign and
+    held-out pairs then need no second pass (same cache keys)."""
     from negalign.evaluation.generations import GENERATIONS_FILE
+    from negalign.evaluation.logprob_cache import LOGPROBS_FILE
 
-    if (initial / GENERATIONS_FILE).exists() and not (trained / GENERATIONS_FILE).exists():
-        trained.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(initial / GENERATIONS_FILE, trained / GENERATIONS_FILE)
+    for name in (GENERATIONS_FILE, LOGPROBS_FILE):
+        if (initial / name).exists() and not (trained / name).exists():
+            trained.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(initial / name, trained / name)
 
 
 # ------------------------------------------------------------------ the before/after table
