@@ -88,6 +88,19 @@ def test_a_terminal_gets_a_bar_not_lines():
     assert "generate" in out and "8/8" in out and "|" in out and "tok/s" in out  # tqdm's bar and rate
 
 
+def test_a_stage_line_written_through_the_writer_is_whole_above_the_bar():
+    stream = Terminal()
+    with Progress("train", 4, unit="steps", stream=stream) as p:
+        log = p.writer(lambda line: stream.write(line + "\n"))
+        p.update(1)
+        log("step    1/4  loss 0.6931")
+        p.update(3)
+    log("train: saved model")  # after the bar closed: written as is
+    out = stream.getvalue()
+    assert re.search(r"\r +\rstep    1/4  loss 0\.6931\n", out), out  # the bar cleared first, then the line
+    assert out.endswith("train: saved model\n")
+
+
 def test_the_switch_and_other_ranks_turn_it_off(monkeypatch):
     assert mode(io.StringIO()) == "lines" and mode(Terminal()) == "bar"
     monkeypatch.setenv("NEGALIGN_PROGRESS", "lines")

@@ -113,6 +113,15 @@ class Progress:
         self.log(self.line())
         self.printed_done, self.last_line_t = self.done, self.clock()
 
+    def writer(self, log: Callable[..., None]) -> Callable[..., None]:
+        """`log` that lifts the bar while it writes, so a stage's own lines stay whole on a terminal."""
+        def write(*args, **kwargs) -> None:
+            if self.bar is None:  # lines mode, or the bar is closed
+                return log(*args, **kwargs)
+            with self.bar.external_write_mode(file=self.stream):
+                log(*args, **kwargs)
+        return write
+
     def close(self) -> None:
         """End the bar, or write the final line if the last state was not written yet."""
         if self.bar is not None:

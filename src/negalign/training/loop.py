@@ -79,6 +79,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
         f"micro={t.micro_groups} lr={t.lr} precision={t.precision} processes={trainer.accelerator.num_processes}")
     # Steps done before a resume count as done; the ETA comes from this run's steps.
     progress = Progress("train", trainer.steps, done=start_step, unit="steps", log=log)
+    log = progress.writer(log)  # on a terminal the step lines print above the bar, not through it
     try:
         for step in range(start_step, trainer.steps):
             row = one_step(cfg, trainer, data, step, log)
