@@ -287,6 +287,10 @@ class _LazyGenerator:
             self._gen = TransformersGenerator(model, self.tokenizer, batch_size=self.batch_size)
         return self._gen.generate(conversations, config)
 
+    @property
+    def last_stats(self):  # the new tokens of the last call: generation's progress shows tokens/s
+        return getattr(self._gen, "last_stats", None)
+
 
 def generate_replies(models: Models, sets: PromptSets, store: GenerationStore, model_spec: str, reference_spec: str,
                      *, max_new_tokens: int, batch_size: int, seed: int, kl: bool, log,

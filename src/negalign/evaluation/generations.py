@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 from negalign.base.fingerprint import fingerprint
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant
+from negalign.base.progress import Progress
 from negalign.data.records import normalize_prompt
 
 GENERATIONS_FILE = "generations.jsonl"
@@ -45,7 +45,9 @@ class GenerationStore:
         if todo:
             log(f"evaluate: {role}: generating {len(todo)} replies for {set_name} "
                 f"({len(items) - len(todo)} reused)")
-        with JsonlAppender(self.path) as out:
+        progress = Progress(f"evaluate: {role}: {set_name}", len(items) if todo else 0,
+                            done=len(items) - len(todo), unit="replies", log=log)
+        with JsonlAppender(self.path) as out, progress:
             for lo in range(0, len(todo), chunk):
                 part = todo[lo:lo + chunk]
                 replies = generator.generate([normalize_prompt(it["prompt"]) for it in part], config)
@@ -53,6 +55,8 @@ class GenerationStore:
                     row = {"fp": fp, "role": role, "set": set_name, "id": it["id"], "response": reply[0]}
                     out.write(row)
                     self.rows[(fp, role, set_name, it["id"])] = reply[0]
+                stats = getattr(generator, "last_stats", None)  # backends that count new tokens give tokens/s
+                progress.update(len(part), tokens=getattr(stats, "tokens", 0))
         return [self.get(fp, role, set_name, it["id"]) for it in items]
 
 
@@ -100,14 +104,13 @@ class ScoreStore:
         todo = [i for i, k in enumerate(keys) if k not in self.scores]
         if todo:
             log(f"evaluate: judge: scoring {len(todo)} {label} ({len(keys) - len(todo)} reused)")
-        t0 = time.perf_counter()
-        with JsonlAppender(self.path) as out:
+        progress = Progress(f"evaluate: judge: {label}", len(keys) if todo else 0,
+                            done=len(keys) - len(todo), unit="items", log=log)
+        with JsonlAppender(self.path) as out, progress:
             for lo in range(0, len(todo), chunk):
                 idx = todo[lo:lo + chunk]
                 for i, s in zip(idx, compute(idx)):
                     out.write({"key": keys[i], "score": s})
                     self.scores[keys[i]] = s
-                done = lo + len(idx)
-                rate = done / max(time.perf_counter() - t0, 1e-9)
-                log(f"evaluate: judge: {label} {done}/{len(todo)} ({rate:.2f} items/s)")
+                progress.update(len(idx))
         return [self.scores[k] for k in keys]

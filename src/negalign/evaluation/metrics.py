@@ -37,7 +37,9 @@ def response_logprobs(model, tokenizer, prompts: list[Messages], responses: list
         members[members_of].append(i)
     groups = [Group(encoded[m[0]], [encode_response(tokenizer, responses[i], max_response_tokens)[0] for i in m])
               for m in members]
-    lp, ln = score_groups(model, groups, batch_tokens=batch_tokens, precision=precision, log=lambda *_: None)
+    # Its progress goes to stderr (these functions print nothing to stdout): held-out scoring takes minutes.
+    lp, ln = score_groups(model, groups, batch_tokens=batch_tokens, precision=precision, log=None,
+                          label="evaluate: log-probs")
     out_lp, out_ln = torch.zeros(len(prompts), dtype=lp.dtype), torch.zeros(len(prompts), dtype=ln.dtype)
     for g, m in enumerate(members):
         out_lp[m], out_ln[m] = lp[g, :len(m)], ln[g, :len(m)]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from negalign.base.errors import UserError
+from negalign.base.progress import Progress
 from negalign.data.chat import encode_prompt, end_of_turn_id
 from negalign.data.records import Messages
 from negalign.generation.base import GenerationConfig, check_config
@@ -102,7 +103,7 @@ class TransformersGenerator:
     """ChatGenerator over a loaded transformers causal LM (plain or PEFT-wrapped).
 
     batch_size: sequences per batch (prompts per batch = batch_size // n, at least one).
-    max_batch_tokens: cap on a batch's distinct prompts x padded width (a longer prompt goes alone). progress: show a tqdm bar with tokens/s. After each call, `last_stats` holds
+    max_batch_tokens: cap on a batch's distinct prompts x padded width (a longer prompt goes alone). progress: show progress with tokens/s (negalign.base.progress). After each call, `last_stats` holds
     the generated token count and wall time.
     """
 
@@ -161,8 +162,7 @@ class TransformersGenerator:
                 stats.tokens += n_tokens
                 stats.sequences += len(chunk)
                 if bar is not None:
-                    bar.update(len(chunk))
-                    bar.set_postfix(tok_s=f"{stats.tokens / (time.perf_counter() - start):.1f}")
+                    bar.update(len(chunk), tokens=n_tokens)
         if bar is not None:
             bar.close()
         stats.seconds = time.perf_counter() - start
@@ -188,9 +188,7 @@ class TransformersGenerator:
     def _progress_bar(self, total: int):
         if not self.progress:
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, unit="seq", desc="generate")
+        return Progress("generate", total, unit="seq", log=None)  # a bar on a terminal, else lines on stderr
 
     def _generate_rows(self, prompts: list[list[int]], indices: list[int], greedy: bool,
                        config: GenerationConfig, base_seed: int) -> tuple[list[str], int]:

@@ -7,7 +7,6 @@ Reference scoring, online resampling and evaluation all score fixed models this 
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from negalign.base import distributed
 from negalign.base.io import atomic_path
+from negalign.base.progress import Progress
 from negalign.modeling.batching import group_token_count, pack_by_token_budget
 from negalign.modeling.logprobs import Group, group_logprobs
 
@@ -27,13 +27,15 @@ def autocast(device: torch.device, precision: str):
 
 
 def score_groups(model, groups: list[Group], *, batch_tokens: int, precision: str, chunk_tokens: int = 2048,
-                 partial_dir: Path | None = None, log=print, label: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
+                 partial_dir: Path | None = None, log=print, label: str = "reference",
+                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """[G, Rmax] summed log-probs and lengths of every group, in inference mode, length-sorted batches.
 
     With `partial_dir`, each batch's result is saved as it completes and reused on a rerun.
-    Under a multi-process launch only rank 0 logs.
+    Progress (groups, tokens/s) goes to `log`, or to stderr when `log` is None; `progress=False`
+    hides it (a scoring nested in another stage's progress, as online resampling's).
+    Under a multi-process launch only rank 0 shows it.
     """
-    log = distributed.main_only(log)
     r_max = max((len(g.response_ids) for g in groups), default=0)
     logps = torch.zeros(len(groups), r_max, dtype=torch.float32)
     lengths = torch.zeros(len(groups), r_max, dtype=torch.int64)
@@ -41,9 +43,9 @@ def score_groups(model, groups: list[Group], *, batch_tokens: int, precision: st
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    t0, tokens = time.perf_counter(), 0
     # Under a multi-process launch each process scores every world-th batch, then reads the others'.
     sharded = partial_dir is not None and distributed.current().world > 1
+    progress = _progress(batches, partial_dir, sharded, log, label, shown=progress)
     try:
         for b, idx in enumerate(batches):
             shard = partial_dir / f"batch-{b:06d}.safetensors" if partial_dir else None
@@ -58,18 +60,27 @@ def score_groups(model, groups: list[Group], *, batch_tokens: int, precision: st
                 if shard is not None:
                     with atomic_path(shard) as tmp:
                         save_file(part, str(tmp))
-                tokens += sum(group_token_count(groups[i]) for i in idx)
+                progress.update(len(idx), tokens=sum(group_token_count(groups[i]) for i in idx))
             i = part["index"]
             logps[i, :part["logps"].shape[1]] = part["logps"]
             lengths[i, :part["lengths"].shape[1]] = part["lengths"]
-            if b % 10 == 0 or b == len(batches) - 1:
-                rate = tokens / max(time.perf_counter() - t0, 1e-9)
-                log(f"{label}: batch {b + 1}/{len(batches)}  ({rate:.0f} tokens/s)")
     finally:
         model.train(was_training)
+        progress.close()
     if sharded:
         _read_other_shards(partial_dir, len(batches), logps, lengths)
     return logps, lengths
+
+
+def _progress(batches: list[list[int]], partial_dir: Path | None, sharded: bool, log, label: str,
+              shown: bool) -> Progress:
+    """Groups scored out of all of them (of this process's share under a launch); batches saved by
+    an interrupted run count as done, so the ETA comes from the new work."""
+    mine = [(b, idx) for b, idx in enumerate(batches) if not sharded or distributed.owns(b)]
+    saved = [idx for b, idx in mine if partial_dir is not None and (partial_dir / f"batch-{b:06d}.safetensors").exists()]
+    total = sum(len(idx) for _, idx in mine) if shown else 0  # a total of 0 shows nothing
+    return Progress(label, total, done=sum(map(len, saved)), unit="groups",
+                    log=distributed.main_only(log) if log is not None else None)
 
 
 def _read_other_shards(partial_dir: Path, n_batches: int, logps: torch.Tensor, lengths: torch.Tensor) -> None:

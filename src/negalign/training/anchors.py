@@ -7,11 +7,11 @@ settings that made the file: changing them requires a new run directory.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from negalign.base import distributed
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant
+from negalign.base.progress import Progress
 from negalign.base.rundir import Pin, RunDir
 from negalign.config import Config
 from negalign.data.records import Example
@@ -93,9 +93,9 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, select=None, 
     # Chunks have fixed boundaries over the whole list and a seed of their own, so a resumed run
     # redraws an interrupted chunk exactly as the first run would have, and keeps only what is missing.
     chunks = [examples[i:i + step] for i in range(0, len(examples), step)]
-    t0, n_new, tokens = time.perf_counter(), 0, 0
     # Under a multi-process launch each process takes every world-th chunk into a shard of its own.
-    with JsonlAppender(distributed.output_path(run.anchors)) as out:
+    with JsonlAppender(distributed.output_path(run.anchors)) as out, \
+            _sample_progress(chunks, done, log) as progress:
         for c, chunk in enumerate(chunks):
             missing = [ex for ex in chunk if ex.id not in done]
             if not missing or not distributed.owns(c):
@@ -110,13 +110,8 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, select=None, 
                         row = {"id": ex.id, "anchors": [drawn[i] for i in keep], "drawn": drawn}
                     out.write(row)
                     done[ex.id] = row["anchors"]
-            n_new += len(missing)
             stats = getattr(generator, "last_stats", None)  # backends that count tokens report tokens/s
-            tokens += getattr(stats, "tokens", 0)
-            elapsed = time.perf_counter() - t0
-            speed = f"{tokens / elapsed:.1f} tokens/s, " if tokens else ""
-            log(f"sample: {sum(ex.id in done for ex in examples)}/{len(examples)} prompts  "
-                f"({speed}{n_new / elapsed:.2f} prompts/s)")
+            progress.update(len(missing), tokens=getattr(stats, "tokens", 0))
     done = _merge_shards(run, examples)
     empty = sum(1 for ex in examples for a in done[ex.id] if not a.strip())
     if empty:
@@ -125,6 +120,16 @@ def run_sample(cfg: Config, examples: list[Example], generator, *, select=None, 
 
 
 # ---------------------------------------------------------------- multi-process hooks (negalign.base.distributed)
+
+def _sample_progress(chunks: list[list[Example]], done: dict, log) -> Progress:
+    """Prompts done out of all of them; under a multi-process launch, out of this process's share
+    (rank 0 shows it; the shares differ by at most a chunk, so its ETA is the stage's)."""
+    if distributed.current().world > 1:
+        mine = sum(ex.id not in done for c, chunk in enumerate(chunks) if distributed.owns(c) for ex in chunk)
+        return Progress("sample", mine, unit="prompts", log=log)
+    already = sum(ex.id in done for chunk in chunks for ex in chunk)
+    return Progress("sample", sum(map(len, chunks)), done=already, unit="prompts", log=log)
+
 
 def _read_anchors_and_shards(run: RunDir) -> dict[str, list[str]]:
     """Anchors already drawn, in anchors.jsonl or in any rank's shard left by an interrupted run."""

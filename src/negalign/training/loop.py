@@ -24,6 +24,7 @@ import torch
 from negalign.base.errors import UserError
 from negalign.base.fingerprint import fingerprint
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
+from negalign.base.progress import Progress
 from negalign.base.rundir import RunDir
 from negalign.config import Config
 from negalign.modeling.loading import save_model
@@ -76,9 +77,13 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     t = cfg.train
     log(f"train: method={t.method} groups={len(data.groups)} steps={trainer.steps} groups/step={t.groups_per_step} "
         f"micro={t.micro_groups} lr={t.lr} precision={t.precision} processes={trainer.accelerator.num_processes}")
+    # Steps done before a resume count as done; the ETA comes from this run's steps.
+    progress = Progress("train", trainer.steps, done=start_step, unit="steps", log=log)
+    log = progress.writer(log)  # on a terminal the step lines print above the bar, not through it
     try:
         for step in range(start_step, trainer.steps):
             row = one_step(cfg, trainer, data, step, log)
+            progress.update(1, tokens=row["tokens"], loss=row["loss"])
             if metrics_log is not None:
                 metrics_log.write(row)
                 if (step + 1) % t.log_every == 0 or step + 1 == trainer.steps:
@@ -88,6 +93,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
             if t.save_every and (step + 1) % t.save_every == 0 and step + 1 < trainer.steps:
                 checkpoint(run, trainer, step + 1, t.keep_checkpoints)
     finally:
+        progress.close()
         if metrics_log is not None:
             metrics_log.close()
     out = save_final(run, trainer, tokenizer, keep_checkpoints=t.keep_checkpoints_when_done, log=log)

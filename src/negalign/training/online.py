@@ -64,7 +64,7 @@ class OnlineResampler:
         anchors = {self.examples[e].id: r for e, r in zip(ex_ids, replies)}
         new_groups = build_groups(self.tok, self.examples, [self.index[g] for g in upcoming], anchors)
         kw = dict(batch_tokens=cfg.reference.batch_tokens, precision=cfg.reference.precision,
-                  chunk_tokens=t.chunk_tokens, log=lambda *_: None)
+                  chunk_tokens=t.chunk_tokens, log=lambda *_: None, progress=False)
         if t.online.refresh_reference:
             lp, ln = score_groups(policy, new_groups, **kw)
         else:
