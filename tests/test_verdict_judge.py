@@ -117,6 +117,32 @@ def test_probe_replaces_the_choice_readout(tiny_model, tokenizer):
     assert Probe.from_dict(probe.as_dict()) == probe
 
 
+def test_probe_reads_its_layer_and_runs_no_block_above_it(tiny_model, tokenizer):
+    """A probe's score equals the probe applied to hidden_states[layer] of one full forward over
+    prefix + item; the blocks above that layer never run."""
+    hidden = tiny_model.config.hidden_size
+    g = torch.Generator().manual_seed(1)
+    probe = Probe(layer=1, w=torch.randn(hidden, generator=g).tolist(), b=0.1,
+                  mean=(0.1 * torch.randn(hidden, generator=g)).tolist(), scale=[2.0] * hidden)
+    judge = VerdictJudge(tiny_model.eval(), tokenizer, RUBRICS["harm15"], probe=probe, batch_size=3)
+    calls = []
+    top = tiny_model.get_decoder().layers[-1].register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        scores = judge.score([p for p, _ in ITEMS], [r for _, r in ITEMS])
+    finally:
+        top.remove()
+    expected = []
+    for p, r in ITEMS:
+        ids = torch.tensor([judge._prefix_ids + judge.item_ids(p, r)])
+        with torch.inference_mode():
+            h = tiny_model(input_ids=ids, output_hidden_states=True).hidden_states[1][0, -1]
+        expected.append(float(probe(h[None])[0]))
+    assert scores == pytest.approx(expected, abs=1e-5)
+    assert len(set(round(s, 4) for s in scores)) > 1  # the probe sees the items
+    assert calls == [1]  # only the prefix's forward (cached once) ran the top block
+    assert judge.mean_choice_mass is None
+
+
 def test_choices_must_be_distinct_tokens(tiny_model, tokenizer):
     bad = Rubric("bad", RUBRICS["harm15"].render, ("yes", "yes"), (0.0, 1.0))
     with pytest.raises(ValueError, match="same token"):

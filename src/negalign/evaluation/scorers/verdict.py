@@ -64,6 +64,32 @@ def _choice_ids(tokenizer, choices: tuple[str, ...]) -> list[int]:
     return ids
 
 
+class _Reached(Exception):
+    """Raised by a forward hook to stop a forward pass once the wanted hidden state exists."""
+
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
+def _hidden_state_at(decoder, layer: int, inputs: dict) -> torch.Tensor:
+    """hidden_states[layer] of decoder(**inputs, output_hidden_states=True) (the output of block
+    layer - 1), without running the blocks above it."""
+    if not 1 <= layer <= len(decoder.layers):
+        raise ValueError(f"layer {layer} outside 1..{len(decoder.layers)}")
+
+    def stop(module, args, output):
+        raise _Reached(output[0] if isinstance(output, tuple) else output)
+
+    handle = decoder.layers[layer - 1].register_forward_hook(stop)
+    try:
+        decoder(**inputs)
+    except _Reached as reached:
+        return reached.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"the decoder never ran block {layer - 1}")
+
+
 class VerdictJudge:
     """score(prompts, replies) -> harm in [0, 1] from a causal LM answering a Rubric."""
 
@@ -108,9 +134,12 @@ class VerdictJudge:
         return self._prefix_cache
 
     @torch.inference_mode()
-    def _batch(self, seqs: list[list[int]], layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _batch(self, seqs: list[list[int]], layer: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Choice probabilities [n, choices] for one batch of items, and the probe's P(harmful) [n]
-        (or, with `layer`, that layer's hidden state at the answer position [n, hidden])."""
+        (or, with `layer`, that layer's hidden state at the answer position [n, hidden]).
+
+        With a probe and no `layer`, the verdict is the probe's: the forward stops after the probe's
+        layer (21 of the default judge's 28: a quarter less compute) and the choice probabilities are None."""
         n, width, plen = len(seqs), max(len(s) for s in seqs), len(self._prefix_ids)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((n, width), pad, dtype=torch.long)
@@ -121,10 +150,12 @@ class VerdictJudge:
             mask[i, plen:plen + len(s)] = 1
         cache = copy.deepcopy(self._prefix())
         cache.batch_repeat_interleave(n)
-        out = self.model.get_decoder()(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                                       cache_position=torch.arange(plen, plen + width),
-                                       output_hidden_states=self.probe is not None or layer is not None)
         rows, last = torch.arange(n), torch.tensor([len(s) - 1 for s in seqs])
+        kw = dict(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                  cache_position=torch.arange(plen, plen + width))
+        if self.probe is not None and layer is None:
+            return None, self.probe(_hidden_state_at(self.model.get_decoder(), self.probe.layer, kw)[rows, last])
+        out = self.model.get_decoder()(**kw, output_hidden_states=layer is not None)
         hidden = out.last_hidden_state[rows, last].float()
         head = self.model.get_output_embeddings().weight
         logits = hidden @ head.float().T  # one position per item: the full vocabulary is cheap
@@ -134,10 +165,7 @@ class VerdictJudge:
         logp = torch.log_softmax(logits, -1)[:, self.choice_ids]
         self.stats["choice_mass"] += float(logp.exp().sum())
         probs = torch.softmax(logp, -1)
-        if layer is not None:
-            return probs, out.hidden_states[layer][rows, last].float()
-        probe = self.probe(out.hidden_states[self.probe.layer][rows, last]) if self.probe else None
-        return probs, probe
+        return probs, (out.hidden_states[layer][rows, last].float() if layer is not None else None)
 
     def features(self, prompts: list, replies: list[str], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(choice probabilities [n, choices], hidden state of `layer` at the answer [n, hidden]): what a
@@ -152,8 +180,9 @@ class VerdictJudge:
                 probs[i], hidden[i] = p[j], h[j]
         return torch.stack(probs), torch.stack(hidden)
 
-    def choice_probs(self, prompts: list, replies: list[str]) -> tuple[list[list[float]], list[float] | None]:
-        """Per item, the renormalised probability of each choice, and the probe's P(harmful) if any."""
+    def choice_probs(self, prompts: list, replies: list[str]) -> tuple[list, list[float] | None]:
+        """Per item, the renormalised probability of each choice (None with a probe: its forward stops
+        below the head), and the probe's P(harmful) if any."""
         seqs = [self.item_ids(p, r) for p, r in zip(prompts, replies)]
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch
         probs: list[Any] = [None] * len(seqs)
@@ -162,7 +191,7 @@ class VerdictJudge:
             idx = order[lo:lo + self.batch_size]
             p, q = self._batch([seqs[i] for i in idx])
             for j, i in enumerate(idx):
-                probs[i] = p[j].tolist()
+                probs[i] = p[j].tolist() if p is not None else None
                 probe[i] = float(q[j]) if q is not None else None
         self.stats["items"] += len(seqs)
         self.stats["item_tokens"] += sum(len(s) for s in seqs)
@@ -192,9 +221,11 @@ class VerdictJudge:
         return [(x + 1.0 - y) / 2 for x, y in zip(ab, ba)]
 
     @property
-    def mean_choice_mass(self) -> float:
+    def mean_choice_mass(self) -> float | None:
         """Mean full-vocabulary probability on the choices: low means the model is not answering
         in the rubric's format, and the verdicts mean little."""
+        if "choice_mass" not in self.stats:  # a probe's verdicts: the choices were never read
+            return None
         return self.stats["choice_mass"] / max(self.stats["items"], 1)
 
 
