@@ -1,4 +1,4 @@
-"""`train.report_to`: the metrics.jsonl rows in TensorBoard, read back step by step."""
+"""`train.report_to`: the metrics.jsonl rows (and a run's evaluation) in TensorBoard, read back step by step."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_a_missing_tracker_package_is_one_line_and_exit_2_before_any_model_loads
     assert not (tmp_path / "run").exists()
 
 
-def test_training_through_the_cli_logs_every_metrics_row_to_tensorboard(tmp_path, tiny_model_dir):
+def test_training_and_evaluation_through_the_cli_log_to_tensorboard(tmp_path, tiny_model_dir, capsys, monkeypatch):
     data = tmp_path / "data.jsonl"
     save_examples(data, [Example(id=f"e{i}", prompt=[{"role": "user", "content": f"How do I do bad thing {i}?"}],
                                  negatives=[f"Sure, bad thing {i} goes like this."]) for i in range(3)])
@@ -77,6 +77,22 @@ def test_training_through_the_cli_logs_every_metrics_row_to_tensorboard(tmp_path
     assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(logged)
     hparams = list((RunDir(run).tracking / "negalign").glob("*/hparams.yml"))
     assert len(hparams) == 1 and "train.method: npo" in hparams[0].read_text()
+
+    # `negalign evaluate RUN_DIR` (its last part, after the evaluation): results at the last step
+    from negalign.cli.evaluate import after_run_evaluation, own_run_config
+
+    result = {"metrics": {"refusal_rate": {"value": 0.25}, "kl": {"value": None}, "harm": {"value": 0.5}}}
+    run_cfg = own_run_config(RunDir(run), str(RunDir(run).model), None)
+    after_run_evaluation(RunDir(run), run_cfg, result)
+    assert f"logged the results to tensorboard under {RunDir(run).tracking}" in capsys.readouterr().out
+    logged = _scalars(run)
+    assert logged["eval/refusal_rate"] == [(3, 0.25)] and logged["eval/harm"] == [(3, 0.5)]
+    assert "eval/kl" not in logged
+    # Where the package is missing, `negalign evaluate RUN_DIR` says so before it evaluates anything.
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    assert main(["evaluate", str(run), "--quick"]) == 2
+    assert capsys.readouterr().err == (f"negalign: error: {RunDir(run).config}: field 'train.report_to': tensorboard "
+                                       f"needs the tensorboard package: pip install tensorboard\n")
 
 
 def test_a_resumed_run_shows_each_step_once(tmp_path, tokenizer):

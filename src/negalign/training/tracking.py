@@ -1,5 +1,6 @@
-"""Experiment tracking (`train.report_to`): the rows of train/metrics.jsonl also go to TensorBoard,
-Weights & Biases (offline) or MLflow (a local file store), through accelerate's trackers.
+"""Experiment tracking (`train.report_to`): the rows of train/metrics.jsonl, and the results of
+`negalign evaluate RUN_DIR`, also go to TensorBoard, Weights & Biases (offline) or MLflow (a local
+file store), through accelerate's trackers.
 
 Everything lands under RUN_DIR/train/tracking/, written by the main process only; metrics.jsonl stays
 the record and a tracker is a view of it. A resumed run logs its redone steps again: TensorBoard hides
@@ -9,6 +10,7 @@ that holds the steps from the resumed one on.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -97,3 +99,21 @@ def finish(accelerator) -> None:
         tracker.finish()
     accelerator.trackers.clear()
 
+
+def log_evaluation(cfg: Config, result: dict, step: int | None) -> bool:
+    """An evaluation's metric values as `eval/NAME` at the training's last step, to the run's trackers;
+    False when the run has none."""
+    if not trackers(cfg.train.report_to):
+        return False
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **accelerator_kwargs(cfg))
+    start(accelerator, cfg, suffix="-eval", hparams=False)
+    values = {f"eval/{name}": m["value"] for name, m in result["metrics"].items()}
+    values = {k: v for k, v in numeric(values).items() if math.isfinite(v)}
+    try:
+        accelerator.log(values, step=step)
+    finally:
+        finish(accelerator)
+    return True
