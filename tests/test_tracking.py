@@ -1,8 +1,10 @@
-"""`train.report_to`: the metrics.jsonl rows (and a run's evaluation) in TensorBoard, read back step by step."""
+"""`train.report_to`: the metrics.jsonl rows (and a run's evaluation) in TensorBoard, read back step by step;
+MLflow and W&B where they are installed (they are not in the lock)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -119,3 +121,27 @@ def test_report_to_none_writes_no_tracking_folder(tmp_path, tokenizer):
     run_train(cfg, tiny_llama(tokenizer), tokenizer, data, log=lambda *_: None)
     assert len(_metrics(tmp_path / "run")) == 2
     assert not RunDir(tmp_path / "run").tracking.exists()
+
+
+def test_mlflow_gets_the_same_rows_in_a_store_under_the_run_directory(tmp_path, tokenizer, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")  # the SQLite store (full `pip install mlflow` has it)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg, data = npo_train_setup(tmp_path / "run", tokenizer, max_steps=2, save_every=0, report_to="mlflow")
+    run_train(cfg, tiny_llama(tokenizer), tokenizer, data, log=lambda *_: None)
+    tracking = RunDir(tmp_path / "run").tracking
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tracking / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("negalign").experiment_id])
+    rows = _metrics(tmp_path / "run")
+    assert [(m.step, m.value) for m in client.get_metric_history(found.info.run_id, "loss")] == \
+        [(r["step"], r["loss"]) for r in rows]
+    assert found.data.params["train.report_to"] == "mlflow"
+
+
+def test_wandb_runs_offline_under_the_run_directory(tmp_path, tokenizer, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg, data = npo_train_setup(tmp_path / "run", tokenizer, max_steps=2, save_every=0, report_to="wandb")
+    run_train(cfg, tiny_llama(tokenizer), tokenizer, data, log=lambda *_: None)
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert len(list((RunDir(tmp_path / "run").tracking / "wandb").glob("offline-run-*/*.wandb"))) == 1

@@ -1,6 +1,6 @@
 """Experiment tracking (`train.report_to`): the rows of train/metrics.jsonl, and the results of
 `negalign evaluate RUN_DIR`, also go to TensorBoard, Weights & Biases (offline) or MLflow (a local
-file store), through accelerate's trackers.
+SQLite store), through accelerate's trackers.
 
 Everything lands under RUN_DIR/train/tracking/, written by the main process only; metrics.jsonl stays
 the record and a tracker is a view of it. A resumed run logs its redone steps again: TensorBoard hides
@@ -47,18 +47,19 @@ def start(accelerator, cfg: Config, start_step: int = 0, *, suffix: str = "", hp
         os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network unless the user says so
         kwargs["wandb"] = {"dir": str(directory), "name": name}
     if "mlflow" in names:
-        _use_local_mlflow_store(directory)
-        kwargs["mlflow"] = {"run_name": name}
+        kwargs["mlflow"] = {"run_name": name, **_local_mlflow_store(directory)}
     accelerator.init_trackers(PROJECT, config=flat_config(cfg) if hparams else None, init_kwargs=kwargs)
 
 
-def _use_local_mlflow_store(directory: Path) -> None:
-    """MLflow writes to RUN_DIR/train/tracking/mlruns unless MLFLOW_TRACKING_URI says elsewhere."""
+def _local_mlflow_store(directory: Path) -> dict:
+    """MLflow writes to RUN_DIR/train/tracking/mlflow.db (artifacts beside it) unless MLFLOW_TRACKING_URI
+    says elsewhere. SQLite, not a ./mlruns folder: MLflow 3 refuses its file store ("maintenance mode")."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return
+        return {}
     import mlflow
 
-    mlflow.set_tracking_uri((directory / "mlruns").resolve().as_uri())
+    mlflow.set_tracking_uri(f"sqlite:///{(directory / 'mlflow.db').resolve()}")
+    return {"logging_dir": (directory / "mlartifacts").resolve().as_uri()}  # the experiment's artifact location
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:
