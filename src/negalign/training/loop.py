@@ -29,10 +29,10 @@ from negalign.config import Config
 from negalign.modeling.loading import save_model
 from negalign.modeling.lora import is_lora
 from negalign.objectives.registry import get_objective
+from negalign.training import tracking
 from negalign.training.checkpoints import (CHECKPOINT_PIN, checkpoint_fingerprint, list_checkpoints, load_checkpoint,
                                            newest_intact, save_checkpoint, save_gathered, sharded_state)
 from negalign.training.schedule import lr_factor, step_indices, total_steps
-from negalign.training import tracking
 from negalign.training.step import StepResult, StepSettings, TrainData, make_optimizer, train_step
 
 
