@@ -113,6 +113,8 @@ class TrainConfig:
     keep_checkpoints_when_done: bool = False  # delete them once the final model is saved
     activation_checkpointing: bool = False  # recompute each decoder layer in backward: less memory, ~1/3 more time
     max_nonfinite_steps: int = 5      # consecutive skipped steps before the run stops
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # none | tensorboard, wandb, mlflow (a list
+                                      # or "a,b"): the metrics.jsonl rows also go there, under train/tracking/
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
@@ -270,6 +272,35 @@ def check_values(cfg: Config, where: str | None = None) -> None:
         bad("sample.temperature", f"must be 0 or more, got {cfg.sample.temperature}")
     if cfg.train.method not in METHODS:
         bad("train.method", unknown_method_message(cfg.train.method))
+    check_report_to(cfg.train.report_to, where)
+
+
+# tracker name -> the package it needs (accelerate's trackers of the same names)
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def trackers(report_to: list[str]) -> list[str]:
+    """The trackers asked for: `none` (or nothing) is none."""
+    return [name for name in report_to if name != "none"]
+
+
+def check_report_to(report_to: list[str], where: str | None = None) -> None:
+    """Known tracker names, `none` alone, and each tracker's package installed: checked here, so a run
+    does not stop after its model has loaded."""
+    import importlib.util
+
+    known = ("none", *TRACKERS)
+    for name in report_to:
+        if name not in known:
+            raise UserError(f"expected none or a list of {', '.join(TRACKERS)}, got {name!r}", path=where,
+                            field="train.report_to")
+    if "none" in report_to and len(report_to) > 1:
+        raise UserError(f"none cannot be combined with trackers, got {','.join(report_to)}", path=where,
+                        field="train.report_to")
+    for name in trackers(report_to):
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise UserError(f"{name} needs the {TRACKERS[name]} package: pip install {TRACKERS[name]}", path=where,
+                            field="train.report_to")
 
 
 class _StrictLoader(yaml.SafeLoader):

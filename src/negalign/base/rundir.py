@@ -83,6 +83,7 @@ class RunDir:
     metrics = _File("train/metrics.jsonl")             # one row per optimizer step
     checkpoints = _File("train/checkpoints")           # step-NNNNNNN/ folders
     done = _File("train/done.json")                    # the done marker of training
+    tracking = _File("train/tracking")                 # train.report_to: TensorBoard, W&B, MLflow files
     model = _File("model")                             # the trained model folder
     eval_dir = _File("eval")                           # `negalign evaluate RUN_DIR` writes here
     pair_scores = _File("pairs.scores.jsonl")          # rDPO: raw scores, appended as scored

@@ -64,6 +64,10 @@ def main_evaluate(args) -> int:
     from negalign.evaluation.evaluate import DEFAULT_SIZES, QUICK_SIZES, evaluate_model, summary_lines
 
     spec, default_out = resolve_model_arg(args.model)
+    run = RunDir(args.model)
+    # The run's own config (for its model card and trackers), read first: a snapshot naming a tracker
+    # whose package is missing fails now, not after the evaluation.
+    run_cfg = own_run_config(run, spec, args.out)
     judge = args.judge
     if judge.startswith(("http://", "https://")):
         if not args.judge_model:
@@ -83,13 +87,33 @@ def main_evaluate(args) -> int:
                             judge=judge, judge_benign=not args.no_win_rate, harm_classifier=args.harm_classifier,
                             kl=not args.no_kl, seed=args.seed)
     print("\n".join(summary_lines(result)))
-    run = RunDir(args.model)
-    if spec == str(run.model) and (args.out is None or Path(args.out) == run.eval_dir) and run.config.exists():
-        from negalign.config import load_config
-        from negalign.training.model_card import refresh_model_card
-
-        print(f"updated the model card {refresh_model_card(load_config(run.config), run.root)}")
+    if run_cfg is not None:
+        after_run_evaluation(run, run_cfg, result)
     return 0
+
+
+def own_run_config(run: RunDir, spec: str, out: str | None):
+    """The config of the run directory whose model is evaluated into its own eval/; else None."""
+    if spec == str(run.model) and (out is None or Path(out) == run.eval_dir) and run.config.exists():
+        from negalign.config import load_config
+
+        return load_config(run.config)
+    return None
+
+
+def after_run_evaluation(run: RunDir, cfg, result: dict) -> None:
+    """A run directory's own evaluation updates its model card and goes to its trackers (train.report_to)."""
+    import dataclasses
+    import json
+
+    from negalign.training.model_card import refresh_model_card
+    from negalign.training.tracking import log_evaluation
+
+    print(f"updated the model card {refresh_model_card(cfg, run.root)}")
+    cfg = dataclasses.replace(cfg, run_dir=str(run.root))  # where the run is now, not where it was trained
+    steps = json.loads(run.done.read_text(encoding="utf-8")).get("steps") if run.done.exists() else None
+    if log_evaluation(cfg, result, steps):
+        print(f"logged the results to {', '.join(cfg.train.report_to)} under {run.tracking}")
 
 
 def main_report(args) -> int:

@@ -30,6 +30,7 @@ from negalign.config import Config
 from negalign.modeling.loading import save_model
 from negalign.modeling.lora import is_lora
 from negalign.objectives.registry import get_objective
+from negalign.training import tracking
 from negalign.training.checkpoints import (CHECKPOINT_PIN, checkpoint_fingerprint, list_checkpoints, load_checkpoint,
                                            newest_intact, save_checkpoint, save_gathered, sharded_state)
 from negalign.training.schedule import lr_factor, step_indices, total_steps
@@ -74,6 +75,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     log = log if trainer.main else (lambda *_a, **_k: None)  # one copy of every line, from rank 0
     start_step = resume_or_refuse(run, trainer, resume, log)
     metrics_log = open_metrics(run, start_step) if trainer.main else None
+    tracking.start(trainer.accelerator, cfg, start_step)
     t = cfg.train
     log(f"train: method={t.method} groups={len(data.groups)} steps={trainer.steps} groups/step={t.groups_per_step} "
         f"micro={t.micro_groups} lr={t.lr} precision={t.precision} processes={trainer.accelerator.num_processes}")
@@ -86,6 +88,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
             progress.update(1, tokens=row["tokens"], loss=row["loss"])
             if metrics_log is not None:
                 metrics_log.write(row)
+                tracking.log_step(trainer.accelerator, row)
                 if (step + 1) % t.log_every == 0 or step + 1 == trainer.steps:
                     log(format_row(row, trainer.steps))
             if on_step is not None:
@@ -96,6 +99,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
         progress.close()
         if metrics_log is not None:
             metrics_log.close()
+        tracking.finish(trainer.accelerator)
     out = save_final(run, trainer, tokenizer, keep_checkpoints=t.keep_checkpoints_when_done, log=log)
     if trainer.main:
         from negalign.training.model_card import refresh_model_card
@@ -118,9 +122,10 @@ def check_train_inputs(cfg: Config, data: TrainData) -> None:
 
 
 def run_fingerprint(cfg: Config, n_groups: int) -> str:
-    """The settings a checkpoint pins. Activation checkpointing changes memory, not results: a run may
-    resume with it switched on."""
-    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k != "activation_checkpointing"}
+    """The settings a checkpoint pins. Activation checkpointing changes memory, not results, and
+    report_to only where the metrics also go: a run may resume with either changed."""
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items()
+             if k not in ("activation_checkpointing", "report_to")}
     return fingerprint({"train": train, "model": dataclasses.asdict(cfg.model),
                         "data": dataclasses.asdict(cfg.data), "groups": n_groups})
 
@@ -130,7 +135,7 @@ def setup(cfg: Config, model, n_groups: int) -> Trainer:
     from accelerate import Accelerator
 
     t = cfg.train
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **tracking.accelerator_kwargs(cfg))
     steps = total_steps(n_groups, cfg)
     warmup = int(round(t.warmup_ratio * steps))
     if t.activation_checkpointing:
