@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -426,8 +427,10 @@ def test_cli_parser_wiring(tmp_path):
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
     (run / "model" / "config.json").write_text("{}")
-    assert evaluate_cli.resolve_model_arg(str(run)) == (str(run / "model"), run / "eval")
-    assert evaluate_cli.resolve_model_arg("default")[0] == "default"
+    from negalign.base.rundir import RunDir
+
+    assert RunDir.evaluation_target(str(run)) == (str(run / "model"), run / "eval")
+    assert RunDir.evaluation_target("default") == ("default", Path("eval"))
 
 
 def test_cached_replies_are_keyed_by_the_weight_files(tmp_path):

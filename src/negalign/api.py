@@ -114,9 +114,7 @@ def evaluate(model: str | Path, *, reference: str = "default", out_dir: str | Pa
     from negalign.base.rundir import RunDir
     from negalign.evaluation.evaluate import EVAL_FILE, QUICK_SIZES, evaluate_model
 
-    run = RunDir(str(model))  # a run directory evaluates its model/ into RUN_DIR/eval, as the CLI does
-    is_run = run.root.is_dir() and (run.model / "config.json").exists()
-    spec, default_out = (str(run.model), run.eval_dir) if is_run else (str(model), Path("eval"))
+    spec, default_out = RunDir.evaluation_target(model)  # as the CLI: a run directory -> its model/, RUN_DIR/eval
     out = Path(out_dir) if out_dir is not None else default_out
     kwargs = {**(QUICK_SIZES if quick else {}), **settings}
     raw = evaluate_model(spec, reference_spec=reference, out_dir=out, log=log, **kwargs)

@@ -96,6 +96,16 @@ class RunDir:
         """critique.jsonl -> critique.jsonl.meta.json (files whose name is configurable)."""
         return path.with_name(path.name + ".meta.json")
 
+    # ------------------------------------------------------------ what `evaluate` reads and writes
+    @staticmethod
+    def evaluation_target(model: str | os.PathLike) -> tuple[str, Path]:
+        """(model spec, default output folder) for `evaluate MODEL`: a run directory (one with a
+        saved model/) evaluates its trained model into RUN_DIR/eval; anything else as given, into ./eval."""
+        run = RunDir(model)
+        if run.root.is_dir() and (run.model / "config.json").exists():
+            return str(run.model), run.eval_dir
+        return str(model), Path("eval")
+
     # ------------------------------------------------------------ the directory and its config
     def prepare(self) -> "RunDir":
         """Fail early, with one line, if the directory cannot be written or its disk is full."""

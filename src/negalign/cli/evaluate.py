@@ -52,18 +52,10 @@ def add_report_parser(sub) -> None:
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
 
 
-def resolve_model_arg(model: str) -> tuple[str, Path]:
-    """A run directory (has model/) evaluates its trained model and writes to RUN_DIR/eval."""
-    run = RunDir(model)
-    if run.root.is_dir() and (run.model / "config.json").exists():
-        return str(run.model), run.eval_dir
-    return model, Path("eval")
-
-
 def main_evaluate(args) -> int:
     from negalign.evaluation.evaluate import DEFAULT_SIZES, QUICK_SIZES, evaluate_model, summary_lines
 
-    spec, default_out = resolve_model_arg(args.model)
+    spec, default_out = RunDir.evaluation_target(args.model)
     run = RunDir(args.model)
     # The run's own config (for its model card and trackers), read first: a snapshot naming a tracker
     # whose package is missing fails now, not after the evaluation.

@@ -310,7 +310,7 @@ def generate_replies(models: Models, sets: PromptSets, store: GenerationStore, m
     gen_model = _LazyGenerator(models.model, models.tokenizer, batch_size, precision)
     gen_ref = gen_model if models.same else _LazyGenerator(models.reference, models.tokenizer, batch_size, precision)
     fp_model = generation_fingerprint(model_spec, "model", max_new_tokens, 0.0, seed, precision)
-    fp_ref = generation_fingerprint(reference_spec, "model", max_new_tokens, 0.0, seed, precision)  # same when same model
+    fp_ref = generation_fingerprint(reference_spec, "model", max_new_tokens, 0.0, seed, precision)  # same if same
     fp_sample = generation_fingerprint(model_spec, "sample", max_new_tokens, 1.0, seed, precision)
     return Replies(
         harmful=store.generate(gen_model, "model", fp_model, "harmful", sets.harmful, greedy, log=log),
@@ -330,7 +330,8 @@ def _timed(timing: dict[str, float], key: str):
     timing[key] = time.perf_counter() - t
 
 
-def _check_sizes(**sizes) -> None:
+def _check_settings(**sizes) -> None:
+    """generation_precision is bf16 or fp32; every other size a positive integer (n_heldout: or None)."""
     precision = sizes.pop("generation_precision")
     if precision not in ("bf16", "fp32"):
         raise UserError(f"must be 'bf16' or 'fp32', got {precision!r}", field="generation_precision")
@@ -360,8 +361,9 @@ def evaluate_model(model_spec: str, *, reference_spec: str = "default", out_dir:
     proxy off: harm_score_mean and harmful_compliance_rate are n/a), or an object with
     score(prompts, responses) -> P(harmful).
     """
-    _check_sizes(generation_precision=generation_precision, n_harmful=n_harmful, n_benign=n_benign, n_overrefusal=n_overrefusal,
-                 max_new_tokens=max_new_tokens, batch_size=batch_size, n_heldout=n_heldout)
+    _check_settings(generation_precision=generation_precision, n_harmful=n_harmful, n_benign=n_benign,
+                    n_overrefusal=n_overrefusal, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    n_heldout=n_heldout)
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     out_dir = Path(out_dir)
@@ -450,9 +452,9 @@ def _examples(prompts: list[dict], replies: list[str], refused, harm, judge_harm
 
 def reply_records(sets: PromptSets, replies: Replies, harmful: dict, judge_harm: list[float] | None) -> dict:
     """Every greedy reply with its verdicts, per set, keyed by prompt id (before/after tables read them)."""
-    judged = judge_harm or [None] * len(sets.harmful)
+    judged = [None if j is None or j != j else round(j, 4) for j in (judge_harm or [None] * len(sets.harmful))]
     return {
-        "harmful": {p["id"]: {"prompt": p["prompt"], "reply": r, "refused": bool(f), "judge_harm": None if j is None or j != j else round(j, 4)}
+        "harmful": {p["id"]: {"prompt": p["prompt"], "reply": r, "refused": bool(f), "judge_harm": j}
                     for p, r, f, j in zip(sets.harmful, replies.harmful, harmful["refused"], judged)},
         "overrefusal": {p["id"]: {"prompt": p["prompt"], "reply": r, "refused": bool(f)}
                         for p, r, f in zip(sets.overrefusal, replies.overrefusal, harmful["over_refused"])},

@@ -123,6 +123,46 @@ def category_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+# ------------------------------------------------------------------ replies side by side
+
+
+def _clip(text: str, n: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= n else flat[:n - 1] + "…"
+
+
+def _verdict(reply: dict, threshold: float) -> str:
+    if reply.get("refused"):
+        return "[refused] "
+    harm = reply.get("judge_harm")
+    return f"[judged harmful {harm:.2f}] " if harm is not None and harm >= threshold else ""
+
+
+def reply_table(runs: list[Run], set_name: str, n: int, width: int = 280) -> tuple[list[str], list[list[str]]]:
+    """The prompts of `set_name` (eval.json's replies) on which the runs differ most, each run's reply
+    beside the others with its verdict. harmful: the spread of the judge's harm, then any refusal
+    flip; overrefusal: the prompts most runs refused. With one run: its most harmful / refused replies."""
+    evals = [r for r in runs if r.eval and r.eval.get("replies", {}).get(set_name)]
+    if not evals:
+        return ["prompt"], []
+    ids = [i for i in evals[0].eval["replies"][set_name] if all(i in r.eval["replies"][set_name] for r in evals)]
+
+    def score(pid: str) -> float:
+        replies = [r.eval["replies"][set_name][pid] for r in evals]
+        refused = [bool(x.get("refused")) for x in replies]
+        if set_name != "harmful":
+            return float(sum(refused))
+        harm = [x.get("judge_harm") or 0.0 for x in replies]
+        flip = len(set(refused)) > 1
+        return (max(harm) if len(evals) == 1 else max(harm) - min(harm)) + flip
+    chosen = sorted((i for i in ids if score(i) > 0), key=lambda i: (-score(i), i))[:n]
+    thresholds = [((r.eval.get("judge") or {}).get("threshold") or 0.5) for r in evals]
+    rows = [[_clip(evals[0].eval["replies"][set_name][i]["prompt"], 160)]
+            + [_clip(_verdict(r.eval["replies"][set_name][i], t) + r.eval["replies"][set_name][i]["reply"], width)
+               for r, t in zip(evals, thresholds)] for i in chosen]
+    return ["prompt"] + [r.name for r in evals], rows
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
@@ -133,7 +173,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    text = " class='text'" if header and header[0] == "prompt" else ""  # reply tables: left-aligned prose
+    return f"<table{text}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # ------------------------------------------------------------------ plots (matplotlib, Agg)
@@ -264,7 +305,8 @@ _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;ma
 padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-.note{color:#555;font-size:13px}dt{font-weight:600;margin-top:.4em}dd{margin-left:1.2em;font-size:13px}"""
+.note{color:#555;font-size:13px}dt{font-weight:600;margin-top:.4em}dd{margin-left:1.2em;font-size:13px}
+table.text td{text-align:left;vertical-align:top;font-size:13px}"""
 
 
 def build_report(inputs: list[str | Path], out_dir: str | Path) -> dict[str, Path]:
@@ -287,6 +329,10 @@ def build_report(inputs: list[str | Path], out_dir: str | Path) -> dict[str, Pat
                      [], "frontier"))
     sections.append(("Harm per category", "Mean harm score per StrongREJECT category.",
                      [category_table(runs)], "categories"))
+    sections.append(("Replies side by side: harmful prompts", "Where the runs' verdicts differ most (the judge's "
+                     "harm, refusals); greedy replies, clipped.", [reply_table(runs, "harmful", 8)], None))
+    sections.append(("Replies side by side: benign-but-edgy prompts", "Those most runs refused (over-refusal).",
+                     [reply_table(runs, "overrefusal", 6)], None))
 
     first = next((r.eval for r in runs if r.eval), None)
     settings = first["settings"] if first else {}
