@@ -5,6 +5,7 @@ and validate it, so a bad value is the same one-line error naming the field as i
 Two spellings are read here, before those checks: `null` / `none` empties an optional key, and a
 value starting with `{` or `[` is a YAML flow mapping or list (for mapping, list and free-form keys
 such as `rdpo.scorer`). An unknown flag is a one-line error naming it and the nearest known flag.
+Old spellings of a key (`--n-harmful`) still set it and warn once, naming the new flag.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from negalign.base.errors import UserError
 
 NULL_WORDS = ("null", "none", "~")
 KNOWN_FLAGS_DEST = "_known_flags"  # option strings of a command, for "did you mean" suggestions
+DEPRECATED_DEST = "_deprecated_flags"  # warning lines of the deprecated flags given
 
 
 def config_keys(cls, prefix: str = "") -> dict[str, Any]:
@@ -41,32 +43,70 @@ def config_keys(cls, prefix: str = "") -> dict[str, Any]:
 
 
 def add_config_flags(p: argparse.ArgumentParser, keys: dict[str, Any],
-                     shortcuts: dict[str, str | tuple[str, str]] | None = None, *,
-                     config_help: str = "YAML config (any key below can also be given as a flag)") -> None:
+                     shortcuts: dict[str, str | tuple] | None = None, *,
+                     config_help: str = "YAML config (any key below can also be given as a flag)",
+                     key_help: dict[str, str] | None = None) -> None:
     """`-c/--config`, the short flags, and `--KEY VALUE` for every key; values stay strings.
 
-    `shortcuts` maps a short flag name to its key, or to (key, help): {"run-dir": "run_dir"}.
-    A short flag and the long one share their destination, so the last one given wins.
+    `shortcuts` maps a short flag name to its key, to (key, help), or to (key, help, value) for a
+    flag without a value that sets the key to `value`: {"run-dir": "run_dir", "quick": ("eval.quick",
+    "smoke sizes", "true")}. A short flag and the long one share their destination, so the last one
+    given wins. `key_help` is the help text of some long flags.
     """
-    shortcuts = shortcuts or {}
+    shortcuts, key_help = shortcuts or {}, key_help or {}
     p.add_argument("-c", "--config", help=config_help)
     flags = ["-c", "--config"]
     short = p.add_argument_group("common settings")
     covered = set()
     for name, target in shortcuts.items():
-        key, text = target if isinstance(target, tuple) else (target, f"= --{target}")
+        key, text, *value = target if isinstance(target, tuple) else (target, f"= --{target}")
         if key not in keys:
             raise AssertionError(f"shortcut --{name} names no config key {key!r}")
-        short.add_argument(f"--{name}", dest=key, default=argparse.SUPPRESS, metavar="V", help=text)
+        how = {"action": "store_const", "const": value[0]} if value else {"metavar": "V"}
+        short.add_argument(f"--{name}", dest=key, default=argparse.SUPPRESS, help=text, **how)
         flags.append(f"--{name}")
         covered.add(key)
     long = p.add_argument_group("every config key (null or none empties an optional key)")
     for key in keys:
         if key in covered and "." not in key:  # `--run-dir` is the only spelling of run_dir
             continue
-        long.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="V")
+        long.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="V", help=key_help.get(key))
         flags.append(f"--{key}")
     p.set_defaults(**{KNOWN_FLAGS_DEST: flags})
+
+
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a config key: sets the key's destination (so the last flag given wins,
+    whichever spelling) and notes one warning line, printed by `deprecation_warnings`."""
+
+    def __init__(self, option_strings, dest, *, instead: str, value: str | None = None, **kwargs):
+        super().__init__(option_strings, dest, nargs=0 if value is not None else None, **kwargs)
+        self.instead, self.value = instead, value
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.value if self.value is not None else values)
+        line = f"negalign: warning: {option_string} is deprecated; write {self.instead}"
+        noted = getattr(namespace, DEPRECATED_DEST, None) or []
+        if line not in noted:  # a flag given twice warns once
+            setattr(namespace, DEPRECATED_DEST, [*noted, line])
+
+
+def add_deprecated_flags(p: argparse.ArgumentParser, aliases: dict[str, str | tuple[str, str]], title: str) -> None:
+    """Old flags kept for old scripts: {"n-harmful": "eval.n_harmful"}, or (key, value) for one
+    without a value: {"no-kl": ("eval.kl", "false")}. Each works as before and warns once."""
+    group = p.add_argument_group(title)
+    for name, target in aliases.items():
+        key, value = target if isinstance(target, tuple) else (target, None)
+        instead = f"--{key}" if value is None else f"--{key} {value}"
+        group.add_argument(f"--{name}", dest=key, default=argparse.SUPPRESS, action=_DeprecatedFlag,
+                           instead=instead, value=value, metavar=None if value is not None else "V",
+                           help=f"= {instead}")
+
+
+def deprecation_warnings(args: argparse.Namespace, *, warn=None) -> None:
+    """One line on stderr per deprecated flag the command line used."""
+    for line in getattr(args, DEPRECATED_DEST, None) or []:
+        (warn or _stderr)(line)
 
 
 def _optional(tp) -> bool:
