@@ -419,11 +419,16 @@ def test_cli_parser_wiring(tmp_path):
 
     parser = argparse.ArgumentParser()
     evaluate_cli.add_evaluate_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["evaluate", "runs/x", "--reference", "default", "--n-harmful", "5", "--no-kl"])
-    assert (args.model, args.reference, args.n_harmful, args.no_kl) == ("runs/x", "default", 5, True)
-    assert (args.generation_precision, args.no_win_rate) == ("fp32", False)
-    args = parser.parse_args(["evaluate", "m", "--generation-precision", "bf16", "--no-win-rate"])
-    assert (args.generation_precision, args.no_win_rate) == ("bf16", True)
+    # Settings arrive as the typed strings under their config key (negalign.cli.eval_config converts them);
+    # the short and the deprecated spellings land on the same key.
+    args = vars(parser.parse_args(["evaluate", "runs/x", "--reference", "default", "--n-harmful", "5", "--no-kl"]))
+    assert (args["model"], args["eval.reference"], args["eval.n_harmful"], args["eval.kl"]) == \
+        ("runs/x", "default", "5", "false")
+    assert "eval.generation_precision" not in args and "eval.win_rate" not in args  # defaults come later
+    args = vars(parser.parse_args(["evaluate", "m", "--generation-precision", "bf16", "--no-win-rate", "--quick"]))
+    assert (args["eval.generation_precision"], args["eval.win_rate"], args["eval.quick"]) == ("bf16", "false", "true")
+    args = vars(parser.parse_args(["evaluate", "m", "--eval.generation_precision", "bf16", "--eval.kl", "false"]))
+    assert (args["eval.generation_precision"], args["eval.kl"]) == ("bf16", "false")
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
     (run / "model" / "config.json").write_text("{}")

