@@ -216,10 +216,10 @@ def test_sigkill_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_model
     rows = [{"prompt": f"how do I do bad thing {i}", "response": r, "harm": h}
             for i in range(6) for r, h in (("here is how: step one, step two", 1.0), ("I cannot help with that.", 0.0))]
     clf = HarmClassifier().fit(rows).save(tmp_path / "clf.json")
-    args = ["evaluate", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--n-harmful", "6",
-            "--n-benign", "2", "--n-overrefusal", "3", "--n-heldout", "2", "--max-new-tokens", "6",
-            "--batch-size", "1", "--no-kl", "--harm-classifier", str(clf), "--judge", str(tiny_model_dir),
-            "--judge-batch-size", "1"]
+    args = ["evaluate", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--eval.n_harmful", "6",
+            "--eval.n_benign", "2", "--eval.n_overrefusal", "3", "--eval.n_heldout", "2", "--eval.max_new_tokens", "6",
+            "--eval.batch_size", "1", "--eval.kl", "false", "--eval.harm_classifier", str(clf),
+            "--judge", str(tiny_model_dir), "--eval.judge_batch_size", "1"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     subprocess.run(negalign(*args, "--out", str(tmp_path / "full")), check=True, env=env, capture_output=True)
     total = lines(tmp_path / "full" / "generations.jsonl")
