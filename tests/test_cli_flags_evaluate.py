@@ -137,3 +137,13 @@ def test_report_runs_and_out_from_positionals_yaml_and_flags(calls, capsys, tmp_
     capsys.readouterr()
     assert main(["report"]) == 2
     assert "field 'report.runs'" in capsys.readouterr().err
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    from negalign.base.version import __version__
+    from negalign.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"negalign {__version__}"

@@ -1,21 +1,23 @@
-"""The D2O paper's comparison at small scale: D2O against its baselines, same data and budget.
+"""The D2O paper's comparison on the recipe that works: D2O against its baselines, same data,
+anchors and budget, evaluated by the offline judge on held-out prompts.
 
 One command trains and evaluates, in order of priority, every run below on the bundled
-SmolLM2-135M-Instruct and pyrit's human-labelled negatives, then writes report.md/html and
-results.json. Everything is resumable: a finished training run (train/done.json) or evaluation
-(eval/eval.json) is skipped, an interrupted one resumes from its checkpoint / generation cache.
+SmolLM2-135M-Instruct and pyrit's human-labelled negatives at the demo's scale (negalign.recipes.demo:
+the teacher's K = 4 anchors for 24 training prompts, 24 hold groups, 2 epochs), then writes
+report.md/html and results.json. Everything is resumable: a finished training run (train/done.json) or
+evaluation (eval/eval.json) is skipped, an interrupted one resumes from its checkpoint / caches.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/paper_table/run_paper_table.py \
-        --work runs/paper_table --deadline 07:58
+        --work runs/paper_table --from-demo runs/demo --deadline 10:40
 
 Shared work is done once:
-- K=8 anchors are sampled once (in the run 'd2o_s0'); every other anchor run copies anchors.jsonl,
-  its meta and, where the groups are identical, reference.safetensors (keyed by a fingerprint of
-  the models and token ids, so a copy that does not match is simply recomputed);
-- K=1 and K=4 runs take the first 1 / 4 of those anchors, with a meta written for that k (marked
-  "derived_from_k": 8) so the anchors pin (training/anchors.py) accepts it;
-- the reference model's greedy benign replies are generated once (reference evaluation) and copied
-  into each evaluation's generation cache under the same key evaluation/generations.py computes.
+- the anchors (and the hold groups' anchors) are sampled once, in the run 'd2o_s0'; every other run
+  copies anchors.jsonl, its meta, hold/ and reference.safetensors (keyed by a fingerprint of the
+  models and token ids, so a copy that does not match, e.g. dpo_pairs' groups, is recomputed);
+- the initial model is evaluated once ('reference'); each evaluation starts from its caches (the
+  initial model's greedy benign answers and its log-probs: it is every run's reference);
+- --from-demo RUN_DIR takes a finished `negalign demo` run (the same settings, checked) as 'd2o_s0'
+  and its eval_initial/ as 'reference'.
 """
 
 from __future__ import annotations
@@ -33,52 +35,36 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from negalign.recipes.demo import DEMO_EVAL, DEMO_SETTINGS  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 
 # Same data, anchors, lr, steps and precision for every method; only the objective changes.
-BASE = {
-    "model": {"name": "default"},
-    "data": {"source": "bundled", "split": "train", "limit": 16, "max_negatives_per_prompt": 1,
-             "max_response_tokens": 64},
-    "sample": {"k": 8, "max_new_tokens": 32, "temperature": 0.8, "top_p": 0.95, "batch_size": 32,
-               "prompts_per_write": 4, "backend": "transformers"},
-    "train": {"method": "d2o", "beta": 0.1, "alpha": 0.1, "epochs": 1, "groups_per_step": 2,
-              "micro_groups": 2, "lr": 2e-5, "warmup_ratio": 0.1, "precision": "bf16",
-              "save_every": 2, "keep_checkpoints": 1, "seed": 0},
-}
-EVAL = {"n_harmful": 12, "n_benign": 6, "n_overrefusal": 8, "n_heldout": 20, "max_new_tokens": 32,
-        "batch_size": 12, "max_response_tokens": 64, "judge": None}
+BASE = {**DEMO_SETTINGS, "train": {**DEMO_SETTINGS["train"], "seed": 0, "keep_checkpoints": 1}}
+EVAL = dict(DEMO_EVAL)
 
-# (run name, overrides). Order = priority: the main table first, then seeds, then ablations.
+# (run name, overrides). Order = priority: every method once, then the seeds.
 RUNS: list[tuple[str, dict]] = [
     ("d2o_s0", {}),
-    ("npo_s0", {"train.method": "npo"}),
-    ("ga_s0", {"train.method": "ga"}),
-    ("simnpo_s0", {"train.method": "simnpo"}),
-    ("dpo_instance_s0", {"train.method": "dpo_instance"}),
     ("sft_anchors_s0", {"train.method": "sft_anchors"}),
+    ("dpo_instance_s0", {"train.method": "dpo_instance"}),
+    ("npo_s0", {"train.method": "npo"}),
     ("d2o_no_anchors_s0", {"train.method": "d2o_no_anchors"}),
+    ("dpo_pairs_s0", {"train.method": "dpo_pairs"}),
+    ("kto_negatives_s0", {"train.method": "kto_negatives"}),
+    ("simnpo_s0", {"train.method": "simnpo"}),
+    ("ga_s0", {"train.method": "ga"}),
     ("d2o_s1", {"train.seed": 1}),
     ("d2o_s2", {"train.seed": 2}),
-    ("STRONGEST_s1", {"train.seed": 1}),
-    ("STRONGEST_s2", {"train.seed": 2}),
-    ("d2o_k1_s0", {"sample.k": 1}),
-    ("d2o_k4_s0", {"sample.k": 4}),
-    ("d2o_online_s0", {"train.online.every": 4}),
-    # Stress tier (same 8 steps, 10x the learning rate): does anything collapse without anchors?
-    ("d2o_lr2e-4_s0", {"train.lr": 2e-4}),
-    ("d2o_no_anchors_lr2e-4_s0", {"train.method": "d2o_no_anchors", "train.lr": 2e-4}),
-    ("npo_lr2e-4_s0", {"train.method": "npo", "train.lr": 2e-4}),
-    ("ga_lr2e-4_s0", {"train.method": "ga", "train.lr": 2e-4}),
-    ("dpo_instance_lr2e-4_s0", {"train.method": "dpo_instance", "train.lr": 2e-4}),
-    ("simnpo_lr2e-4_s0", {"train.method": "simnpo", "train.lr": 2e-4}),
-    ("sft_anchors_lr2e-4_s0", {"train.method": "sft_anchors", "train.lr": 2e-4}),
-    ("d2o_sampleseed1_s0", {"sample.seed": 1}),
-    ("d2o_lr2e-4_s1", {"train.lr": 2e-4, "train.seed": 1}),
-    ("d2o_no_anchors_lr2e-4_s1", {"train.method": "d2o_no_anchors", "train.lr": 2e-4, "train.seed": 1}),
-    ("npo_lr2e-4_s1", {"train.method": "npo", "train.lr": 2e-4, "train.seed": 1}),
+    ("STRONGEST1_s1", {"train.seed": 1}),
+    ("STRONGEST2_s1", {"train.seed": 1}),
+    ("STRONGEST1_s2", {"train.seed": 2}),
+    ("STRONGEST2_s2", {"train.seed": 2}),
 ]
-BASELINES = ("npo", "ga", "simnpo", "dpo_instance", "sft_anchors")
+BASELINES = ("sft_anchors", "dpo_instance", "npo", "d2o_no_anchors", "dpo_pairs", "kto_negatives", "simnpo", "ga")
+# A baseline counts as strong only if it keeps the model usable (issue bars): over-refusal up by at
+# most 10 points and benign perplexity by at most 10 % against the initial model.
+MAX_OVERREFUSAL_RISE, MAX_PPL_RATIO = 0.10, 1.10
 
 
 def stamp() -> str:
@@ -111,39 +97,65 @@ def run_settings(work: Path, name: str, overrides: dict) -> dict:
     return values
 
 
-def resolve_strongest(work: Path) -> str | None:
-    """The baseline with the lowest harm score among finished seed-0 evaluations (None if none yet)."""
-    best = None
+def _metric(work: Path, name: str, key: str):
+    e = work / name / "eval" / "eval.json"
+    return json.loads(e.read_text())["metrics"][key]["value"] if e.exists() else None
+
+
+def ranked_baselines(work: Path) -> list[str]:
+    """Finished seed-0 baselines that keep the model usable, lowest judged-harmful rate first."""
+    base_over, base_ppl = _metric(work, "reference", "overrefusal_rate"), _metric(work, "reference", "benign_perplexity")
+    scored = []
     for m in BASELINES:
-        e = work / f"{m}_s0" / "eval" / "eval.json"
-        if e.exists():
-            h = json.loads(e.read_text())["metrics"]["harm_score_mean"]["value"]
-            if best is None or h < best[0]:
-                best = (h, m)
-    return None if best is None else best[1]
+        harm = _metric(work, f"{m}_s0", "judge_harmful_rate")
+        over, ppl = _metric(work, f"{m}_s0", "overrefusal_rate"), _metric(work, f"{m}_s0", "benign_perplexity")
+        if harm is None or None in (over, ppl, base_over, base_ppl):
+            continue
+        if over - base_over <= MAX_OVERREFUSAL_RISE and ppl <= MAX_PPL_RATIO * base_ppl:
+            scored.append((harm, m))
+    return [m for _, m in sorted(scored)]
 
 
-def share_anchors(work: Path, run_dir: Path, k: int, sample_seed: int) -> None:
-    """Copy the K=8 anchors (first k of each prompt) and, when useful, the reference scores."""
-    src = work / ("d2o_s0" if sample_seed == 0 else "d2o_sampleseed1_s0")
+def strongest_name(work: Path, name: str) -> str | None:
+    """STRONGEST1_s1 -> e.g. sft_anchors_s1 (None while the ranking lacks that place)."""
+    place = int(name[len("STRONGEST")])
+    ranked = ranked_baselines(work)
+    return name.replace(f"STRONGEST{place}", ranked[place - 1]) if len(ranked) >= place else None
+
+
+def share_anchors(work: Path, run_dir: Path) -> None:
+    """Copy d2o_s0's anchors, their meta, its hold groups and its reference scores."""
+    src = work / "d2o_s0"
     if run_dir == src or (run_dir / "anchors.jsonl").exists() or not (src / "train" / "done.json").exists():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    from negalign.base.io import write_json, write_jsonl
-    from negalign.training.anchors import read_anchors
+    for name in ("anchors.jsonl", "anchors.meta.json", "anchors.quality.json", "reference.safetensors"):
+        if (src / name).exists():
+            shutil.copy2(src / name, run_dir / name)
+    if (src / "hold").is_dir():
+        shutil.copytree(src / "hold", run_dir / "hold", ignore=shutil.ignore_patterns("checkpoints"))
 
-    meta = json.loads((src / "anchors.meta.json").read_text())
-    anchors = read_anchors(src)
-    if k != meta["settings"]["k"]:
-        from negalign.base.fingerprint import fingerprint
 
-        settings = dict(meta["settings"], k=k)
-        meta = {"fingerprint": fingerprint(settings), "settings": settings, "derived_from_k": meta["settings"]["k"],
-                "note": f"first {k} of the K={meta['settings']['k']} anchors sampled in {src.name}"}
-    write_json(run_dir / "anchors.meta.json", meta)
-    write_jsonl(run_dir / "anchors.jsonl", ({"id": i, "anchors": a[:k]} for i, a in anchors.items()))
-    if "derived_from_k" not in meta and (src / "reference.safetensors").exists():
-        shutil.copy2(src / "reference.safetensors", run_dir / "reference.safetensors")
+def from_demo(work: Path, demo: Path, log) -> None:
+    """A finished demo run as d2o_s0 and its eval_initial as the reference, after checking that its
+    config is BASE's (run_dir aside)."""
+    import yaml
+
+    from negalign.config import config_from_dict
+
+    want = config_from_dict({**BASE, "run_dir": str(demo)}).to_dict()
+    have = yaml.safe_load((demo / "config.yaml").read_text())
+    strip = lambda c: {k: v for k, v in c.items() if k != "run_dir"}  # noqa: E731
+    have_train = {k: v for k, v in have["train"].items() if k not in ("keep_checkpoints", "report_to")}
+    want_train = {k: v for k, v in want["train"].items() if k not in ("keep_checkpoints", "report_to")}
+    if {**strip(have), "train": have_train} != {**strip(want), "train": want_train}:
+        raise SystemExit(f"{demo}/config.yaml is not the demo's recipe of this version; run without --from-demo")
+    if not (work / "d2o_s0").exists():
+        shutil.copytree(demo, work / "d2o_s0", ignore=shutil.ignore_patterns("checkpoints", "eval_initial"))
+        log(f"paper_table: d2o_s0 <- {demo}")
+    if not (work / "reference" / "eval" / "eval.json").exists() and (demo / "eval_initial" / "eval.json").exists():
+        shutil.copytree(demo / "eval_initial", work / "reference" / "eval", dirs_exist_ok=True)
+        log(f"paper_table: reference <- {demo / 'eval_initial'}")
 
 
 def train_one(work: Path, name: str, overrides: dict, log) -> float:
@@ -156,7 +168,7 @@ def train_one(work: Path, name: str, overrides: dict, log) -> float:
     if (run_dir / "train" / "done.json").exists() and (run_dir / "model").exists():
         return 0.0
     t0 = time.perf_counter()
-    share_anchors(work, run_dir, cfg.sample.k, cfg.sample.seed)
+    share_anchors(work, run_dir)
     d2o.prepare_run_dir(cfg)
     d2o.stage_sample(cfg, log=log)
     d2o.stage_train(cfg, resume=True, log=log)
@@ -174,20 +186,17 @@ def _merge_json(path: Path, extra: dict) -> None:
     write_json(path, {**old, **extra})
 
 
-def seed_reference_replies(work: Path, out_dir: Path) -> None:
-    """Copy the reference's greedy benign replies into out_dir's generation cache (same key)."""
-    src = work / "reference" / "eval" / "generations.jsonl"
-    dst = out_dir / "generations.jsonl"
-    if not src.exists() or dst.exists():
-        return
-    from negalign.base.io import read_jsonl_tolerant, write_jsonl
-    from negalign.evaluation.generations import generation_fingerprint
+def seed_reference_caches(work: Path, out_dir: Path) -> None:
+    """Start out_dir's caches from the reference evaluation's (its replies and log-probs are keyed by
+    model files and settings, so only the initial model's entries can match)."""
+    from negalign.evaluation.generations import GENERATIONS_FILE
+    from negalign.evaluation.logprob_cache import LOGPROBS_FILE
 
-    fp = generation_fingerprint("default", "model", EVAL["max_new_tokens"], 0.0, 0,
-                                EVAL.get("generation_precision", "fp32"))  # evaluate_model's default
-    rows = [r for r in read_jsonl_tolerant(src) if r["fp"] == fp and r["set"] == "benign"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(dst, rows)
+    for name in (GENERATIONS_FILE, LOGPROBS_FILE):
+        src, dst = work / "reference" / "eval" / name, out_dir / name
+        if src.exists() and not dst.exists():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
 
 
 def eval_one(work: Path, name: str, log) -> float:
@@ -200,7 +209,7 @@ def eval_one(work: Path, name: str, log) -> float:
     t0 = time.perf_counter()
     spec = "default" if name == "reference" else str(run_dir / "model")
     if name != "reference":
-        seed_reference_replies(work, out)
+        seed_reference_caches(work, out)
     evaluate_model(spec, reference_spec="default", out_dir=out, log=log, **EVAL)
     dt = time.perf_counter() - t0
     _merge_json(run_dir / "bench_timing.json", {"eval_s": round(dt, 1)})
@@ -231,11 +240,11 @@ def train_stats(run_dir: Path) -> dict:
     return out
 
 
-COLS = [("harmful_compliance_rate", "harmful compl.", "pct"), ("harm_score_mean", "harm prob", "f3"),
+COLS = [("judge_harmful_rate", "judged harmful", "pct"), ("strongreject_style_score", "StrongREJECT-style", "f2"),
         ("refusal_rate", "refusal", "pct"), ("overrefusal_rate", "over-refusal", "pct"),
-        ("benign_perplexity", "benign ppl", "f2"), ("kl_per_token", "KL/tok", "f3"),
-        ("heldout_pair_accuracy", "pair acc.", "pct"), ("negative_logprob_shift_per_token", "neg. shift/tok", "f3"),
-        ("distinct_2", "distinct-2", "f3")]
+        ("benign_perplexity", "benign ppl", "f2"), ("heldout_pair_accuracy", "pair acc.", "pct"),
+        ("negative_logprob_shift_per_token", "harmful shift/tok", "f3"),
+        ("positive_logprob_shift_per_token", "safe shift/tok", "f3"), ("distinct_2", "distinct-2", "f3")]
 
 
 def fmt(v, kind):
@@ -258,7 +267,7 @@ def summarize(work: Path, names: list[str]) -> dict:
 
             c = yaml.safe_load((run_dir / "config.yaml").read_text())
             cfg = {"method": c["train"]["method"], "k": c["sample"]["k"], "train_seed": c["train"]["seed"],
-                   "sample_seed": c["sample"]["seed"], "online_every": c["train"]["online"]["every"]}
+                   "sample_seed": c["sample"]["seed"]}
         timing = json.loads((run_dir / "bench_timing.json").read_text()) if (run_dir / "bench_timing.json").exists() else {}
         results[name] = {"config": cfg, "metrics": ev["metrics"], "train": train_stats(run_dir), "timing": timing}
     return results
@@ -288,10 +297,10 @@ def seed_table_md(results: dict) -> str:
 
     groups: dict[str, list[str]] = {}
     for name in results:
-        if name.rsplit("_", 1)[-1] in ("s0", "s1", "s2") and not any(x in name for x in ("_k", "online", "sampleseed")):
+        if name.rsplit("_", 1)[-1] in ("s0", "s1", "s2"):
             groups.setdefault(name.rsplit("_", 1)[0], []).append(name)
-    keys = [("harm_score_mean", "harm prob"), ("harmful_compliance_rate", "harmful compl."),
-            ("refusal_rate", "refusal"), ("benign_perplexity", "benign ppl"), ("kl_per_token", "KL/tok"),
+    keys = [("judge_harmful_rate", "judged harmful"), ("refusal_rate", "refusal"),
+            ("overrefusal_rate", "over-refusal"), ("benign_perplexity", "benign ppl"),
             ("heldout_pair_accuracy", "pair acc."), ("distinct_2", "distinct-2")]
     lines = ["| method | seeds | " + " | ".join(k[1] for k in keys) + " |", "|" + "---|" * (len(keys) + 2)]
     for method, names in groups.items():
@@ -351,8 +360,8 @@ def plot_curves(work: Path, names: list[str], path: Path, title: str) -> None:
 def plot_metrics(results: dict, path: Path) -> None:
     """Dot + 95% CI per run for the metrics that separate the methods."""
     plt = _plt()
-    keys = [("harm_score_mean", "mean harm prob (lower safer)"), ("heldout_pair_accuracy", "held-out pair accuracy"),
-            ("negative_logprob_shift_per_token", "neg. log-prob shift / token"), ("kl_per_token", "KL / token"),
+    keys = [("judge_harmful_rate", "judged harmful (lower safer)"), ("refusal_rate", "refusal"),
+            ("overrefusal_rate", "over-refusal"), ("negative_logprob_shift_per_token", "harmful shift / token"),
             ("benign_perplexity", "benign perplexity"), ("distinct_2", "distinct-2")]
     names = list(results)
     fig, axes = plt.subplots(1, len(keys), figsize=(16, 0.28 * len(names) + 1.2), sharey=True)
@@ -381,7 +390,8 @@ def main(argv=None) -> int:
     ap.add_argument("--deadline", default=None, help="HH:MM local time after which no new run starts")
     ap.add_argument("--only", nargs="*", help="run names to do (default: all, in priority order)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report and tables from finished runs")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--from-demo", help="a finished `negalign demo` run directory to use as d2o_s0 and reference")
     args = ap.parse_args(argv)
 
     import torch
@@ -400,16 +410,17 @@ def main(argv=None) -> int:
     def time_left() -> bool:
         return deadline is None or datetime.now() < deadline
 
+    if args.from_demo:
+        from_demo(work, Path(args.from_demo), log)
     for name, overrides in ([] if args.report_only else [("reference", None)] + RUNS):
         if name == "reference":
             eval_one(work, "reference", log)
             continue
         if name.startswith("STRONGEST"):
-            best = resolve_strongest(work)
-            if best is None:
+            name = strongest_name(work, name)
+            if name is None:
                 continue
-            overrides = {**overrides, "train.method": best}
-            name = name.replace("STRONGEST", best)
+            overrides = {**overrides, "train.method": name.rsplit("_", 1)[0]}
         if args.only and name not in args.only:
             continue
         if not time_left():
@@ -423,8 +434,7 @@ def main(argv=None) -> int:
         except Exception as e:  # one failed run must not lose the others; the log says which
             log(f"paper_table: {name}: FAILED {type(e).__name__}: {e}")
 
-    best = resolve_strongest(work) or "STRONGEST"
-    order = ["reference"] + [n.replace("STRONGEST", best) for n, _ in RUNS]
+    order = ["reference"] + [n for n, _ in RUNS if not n.startswith("STRONGEST")]
     present = [p.name for p in sorted(work.iterdir()) if p.is_dir() and p.name != "report"]
     all_names = [n for n in order if n in present] + [n for n in present if n not in order]
     results = summarize(work, all_names)
@@ -437,19 +447,16 @@ def main(argv=None) -> int:
         for png in ("frontier.png", "categories.png"):  # report's training.png: see plot_curves
             if (work / "report" / "plots" / png).exists():
                 shutil.copy2(work / "report" / "plots" / png, HERE / png)
+        shutil.copy2(work / "report" / "report.md", HERE / "report.md")
     write_json(HERE / "results.json", {"base": BASE, "eval": EVAL, "runs": results,
-                                       "strongest_baseline": resolve_strongest(work)})
+                                       "baselines_ranked": ranked_baselines(work)})
     write_text(HERE / "table.md", table_md(results) + "\n\n" + seed_table_md(results) + "\n")
-    main_runs = [n for n in results if n.endswith("_s0") and "_lr" not in n and "_k" not in n
-                 and "online" not in n and "sampleseed" not in n]
+    main_runs = [n for n in results if n.endswith("_s0")]
     if main_runs:
-        plot_curves(work, main_runs, HERE / "curves_main.png", "seed 0, lr 2e-5, 8 steps: every method")
-    extra = [n for n in results if n != "reference" and n not in main_runs and "_lr" not in n]
-    if extra:
-        plot_curves(work, ["d2o_s0"] + extra, HERE / "curves_seeds_ablations.png", "D2O seeds, K and online ablations")
-    stress = [n for n in results if "_lr" in n]
-    if stress:
-        plot_curves(work, stress, HERE / "curves_stress.png", "stress tier: lr 2e-4, 8 steps")
+        plot_curves(work, main_runs, HERE / "curves_main.png", "seed 0: every method, same anchors and steps")
+    seeds = [n for n in results if n != "reference" and n not in main_runs]
+    if seeds:
+        plot_curves(work, ["d2o_s0"] + seeds, HERE / "curves_seeds.png", "seeds 1 and 2")
     if results:
         plot_metrics(results, HERE / "metrics.png")
     log(f"paper_table: wrote results for {len(results)} runs; this invocation took "
