@@ -43,19 +43,20 @@ HERE = Path(__file__).resolve().parent
 BASE = {**DEMO_SETTINGS, "train": {**DEMO_SETTINGS["train"], "seed": 0, "keep_checkpoints": 1}}
 EVAL = dict(DEMO_EVAL)
 
-# (run name, overrides). Order = priority: every method once, then the seeds.
+# (run name, overrides). Order = priority: the baselines that use the same anchors, D2O's seeds, the
+# other methods, then seeds of the two strongest baselines.
 RUNS: list[tuple[str, dict]] = [
     ("d2o_s0", {}),
     ("sft_anchors_s0", {"train.method": "sft_anchors"}),
     ("dpo_instance_s0", {"train.method": "dpo_instance"}),
+    ("d2o_s1", {"train.seed": 1}),
+    ("d2o_s2", {"train.seed": 2}),
     ("npo_s0", {"train.method": "npo"}),
     ("d2o_no_anchors_s0", {"train.method": "d2o_no_anchors"}),
     ("dpo_pairs_s0", {"train.method": "dpo_pairs"}),
     ("kto_negatives_s0", {"train.method": "kto_negatives"}),
     ("simnpo_s0", {"train.method": "simnpo"}),
     ("ga_s0", {"train.method": "ga"}),
-    ("d2o_s1", {"train.seed": 1}),
-    ("d2o_s2", {"train.seed": 2}),
     ("STRONGEST1_s1", {"train.seed": 1}),
     ("STRONGEST2_s1", {"train.seed": 1}),
     ("STRONGEST1_s2", {"train.seed": 2}),
