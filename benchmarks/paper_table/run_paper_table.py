@@ -43,24 +43,31 @@ HERE = Path(__file__).resolve().parent
 BASE = {**DEMO_SETTINGS, "train": {**DEMO_SETTINGS["train"], "seed": 0, "keep_checkpoints": 1}}
 EVAL = dict(DEMO_EVAL)
 
-# (run name, overrides). Order = priority: the baselines that use the same anchors, D2O's seeds, the
-# other methods, then seeds of the two strongest baselines.
+# Hold groups (benign prompts, the initial model's answers as anchors, no negative) are a D2O option:
+# the other methods train on the 31 negative groups alone, 3 groups per step so that two epochs are
+# about as many steps (22) as D2O's (20 steps of 6 groups, hold included). d2o_no_hold is D2O on
+# exactly the baselines' data and steps, so hold's share of the effect is visible.
+NO_HOLD = {"data.hold": None, "data.hold_limit": None, "train.groups_per_step": 3, "train.micro_groups": 3}
+
+# (run name, overrides). Order = priority: D2O on the baselines' data, the baselines that use the same
+# anchors, D2O's seeds, the other methods, then seeds of the two strongest baselines.
 RUNS: list[tuple[str, dict]] = [
     ("d2o_s0", {}),
-    ("sft_anchors_s0", {"train.method": "sft_anchors"}),
-    ("dpo_instance_s0", {"train.method": "dpo_instance"}),
+    ("d2o_no_hold_s0", {**NO_HOLD}),
+    ("sft_anchors_s0", {**NO_HOLD, "train.method": "sft_anchors"}),
+    ("dpo_instance_s0", {**NO_HOLD, "train.method": "dpo_instance"}),
     ("d2o_s1", {"train.seed": 1}),
     ("d2o_s2", {"train.seed": 2}),
-    ("npo_s0", {"train.method": "npo"}),
-    ("d2o_no_anchors_s0", {"train.method": "d2o_no_anchors"}),
-    ("dpo_pairs_s0", {"train.method": "dpo_pairs"}),
-    ("kto_negatives_s0", {"train.method": "kto_negatives"}),
-    ("simnpo_s0", {"train.method": "simnpo"}),
-    ("ga_s0", {"train.method": "ga"}),
-    ("STRONGEST1_s1", {"train.seed": 1}),
-    ("STRONGEST2_s1", {"train.seed": 1}),
-    ("STRONGEST1_s2", {"train.seed": 2}),
-    ("STRONGEST2_s2", {"train.seed": 2}),
+    ("npo_s0", {**NO_HOLD, "train.method": "npo"}),
+    ("d2o_no_anchors_s0", {**NO_HOLD, "train.method": "d2o_no_anchors"}),
+    ("dpo_pairs_s0", {**NO_HOLD, "train.method": "dpo_pairs"}),
+    ("kto_negatives_s0", {**NO_HOLD, "train.method": "kto_negatives"}),
+    ("simnpo_s0", {**NO_HOLD, "train.method": "simnpo"}),
+    ("ga_s0", {**NO_HOLD, "train.method": "ga"}),
+    ("STRONGEST1_s1", {**NO_HOLD, "train.seed": 1}),
+    ("STRONGEST2_s1", {**NO_HOLD, "train.seed": 1}),
+    ("STRONGEST1_s2", {**NO_HOLD, "train.seed": 2}),
+    ("STRONGEST2_s2", {**NO_HOLD, "train.seed": 2}),
 ]
 BASELINES = ("sft_anchors", "dpo_instance", "npo", "d2o_no_anchors", "dpo_pairs", "kto_negatives", "simnpo", "ga")
 # A baseline counts as strong only if it keeps the model usable (issue bars): over-refusal up by at
@@ -133,7 +140,7 @@ def share_anchors(work: Path, run_dir: Path) -> None:
     for name in ("anchors.jsonl", "anchors.meta.json", "anchors.quality.json", "reference.safetensors"):
         if (src / name).exists():
             shutil.copy2(src / name, run_dir / name)
-    if (src / "hold").is_dir():
+    if (src / "hold").is_dir() and not (run_dir / "hold").exists():
         shutil.copytree(src / "hold", run_dir / "hold", ignore=shutil.ignore_patterns("checkpoints"))
 
 

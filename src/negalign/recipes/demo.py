@@ -1,5 +1,5 @@
-"""`negalign demo`: the measured D2O recipe (configs/d2o_smollm2.yaml) at a smaller size (27 min on 2
-CPU cores, measured; the aim is 20), on the bundled SmolLM2-135M-Instruct and pyrit's human negatives.
+"""`negalign demo`: the measured D2O recipe (configs/d2o_smollm2.yaml) at a smaller size (19.4 min on 2
+CPU cores, measured from a fresh clone), on the bundled SmolLM2-135M-Instruct and pyrit's human negatives.
 
 Stages: the teacher (Qwen2.5-Coder-1.5B-Instruct) draws K = 4 anchors per training prompt, the
 initial model answers the benign hold prompts, D2O trains; then the initial and the trained model
