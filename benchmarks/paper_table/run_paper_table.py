@@ -194,21 +194,8 @@ def _merge_json(path: Path, extra: dict) -> None:
     write_json(path, {**old, **extra})
 
 
-def seed_reference_caches(work: Path, out_dir: Path) -> None:
-    """Start out_dir's caches from the reference evaluation's (its replies and log-probs are keyed by
-    model files and settings, so only the initial model's entries can match)."""
-    from negalign.evaluation.generations import GENERATIONS_FILE
-    from negalign.evaluation.logprob_cache import LOGPROBS_FILE
-
-    for name in (GENERATIONS_FILE, LOGPROBS_FILE):
-        src, dst = work / "reference" / "eval" / name, out_dir / name
-        if src.exists() and not dst.exists():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-
-
 def eval_one(work: Path, name: str, log) -> float:
-    from negalign.evaluation.evaluate import evaluate_model
+    from negalign.evaluation.evaluate import evaluate_model, seed_caches
 
     run_dir = work / name
     out = run_dir / "eval"
@@ -217,7 +204,7 @@ def eval_one(work: Path, name: str, log) -> float:
     t0 = time.perf_counter()
     spec = "default" if name == "reference" else str(run_dir / "model")
     if name != "reference":
-        seed_reference_caches(work, out)
+        seed_caches(work / "reference" / "eval", out)  # the initial model is every run's reference
     evaluate_model(spec, reference_spec="default", out_dir=out, log=log, **EVAL)
     dt = time.perf_counter() - t0
     _merge_json(run_dir / "bench_timing.json", {"eval_s": round(dt, 1)})

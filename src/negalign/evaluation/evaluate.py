@@ -330,6 +330,17 @@ def _timed(timing: dict[str, float], key: str):
     timing[key] = time.perf_counter() - t
 
 
+def seed_caches(source: Path, target: Path) -> None:
+    """Start target's reply and log-prob caches from source's (an evaluation of the same reference):
+    their keys name the model's files and settings, so only entries of the same model can match."""
+    import shutil
+
+    for name in (GENERATIONS_FILE, LOGPROBS_FILE):
+        if (source / name).exists() and not (target / name).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
+
+
 def _check_settings(**sizes) -> None:
     """generation_precision is bf16 or fp32; every other size a positive integer (n_heldout: or None)."""
     precision = sizes.pop("generation_precision")

@@ -43,7 +43,7 @@ def demo_config(run_dir: str) -> Config:
 
 
 def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> dict:
-    from negalign.evaluation.evaluate import evaluate_model
+    from negalign.evaluation.evaluate import evaluate_model, seed_caches
     from negalign.recipes import d2o
 
     if fresh and Path(run_dir).exists():
@@ -58,7 +58,8 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     log("evaluate: the initial model, then the trained one, on the same held-out prompts")
     before = evaluate_model("default", reference_spec="default", out_dir=run / "eval_initial", log=log,
                             **DEMO_EVAL)
-    _share_reference_caches(run / "eval_initial", run / "eval")
+    # the trained model's reference is the initial model: its replies and log-probs are computed once
+    seed_caches(run / "eval_initial", run / "eval")
     after = evaluate_model(str(run.model), reference_spec="default", out_dir=run / "eval", log=log, **DEMO_EVAL)
     table = before_after(before, after)
     text = format_table(table)
@@ -68,19 +69,6 @@ def run_demo(run_dir: str = "runs/demo", *, fresh: bool = False, log=print) -> d
     log(text)
     log(f"\ndone in {(time.perf_counter() - t0) / 60:.1f} min; everything is in {run_dir}/")
     return table
-
-
-def _share_reference_caches(initial: Path, trained: Path) -> None:
-    """Seed the trained model's evaluation with the initial model's cached replies and log-probs: its
-    reference is the initial model, whose greedy benign answers and log-probs of the benign and
-    held-out pairs then need no second pass (same cache keys)."""
-    from negalign.evaluation.generations import GENERATIONS_FILE
-    from negalign.evaluation.logprob_cache import LOGPROBS_FILE
-
-    for name in (GENERATIONS_FILE, LOGPROBS_FILE):
-        if (initial / name).exists() and not (trained / name).exists():
-            trained.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(initial / name, trained / name)
 
 
 # ------------------------------------------------------------------ the before/after table
