@@ -13,7 +13,8 @@ from negalign.cli.main import main
 
 DEFAULT_KWARGS = dict(reference_spec="default", n_harmful=150, n_overrefusal=270, n_benign=100, n_heldout=None,
                       max_new_tokens=64, batch_size=32, generation_precision="fp32", judge="default",
-                      judge_benign=True, harm_classifier=None, kl=True, seed=0)
+                      judge_benign=True, harm_classifier=None, kl=True, seed=0, n_boot=1000,
+                      max_response_tokens=192, heldout_fraction=0.2, split_seed=0)
 
 
 @pytest.fixture
@@ -103,13 +104,48 @@ def test_setting_mistakes_are_one_line_exit_2(calls, capsys, argv, parts):
 
 
 def test_unknown_yaml_key_names_the_key_and_file(calls, capsys, tmp_path):
-    for text, field in (("eval:\n  n_harmfull: 3\n", "eval.n_harmfull"), ("train:\n  lr: 1\n", "train")):
+    for text, field in (("eval:\n  n_harmfull: 3\n", "eval.n_harmfull"), ("evl:\n  n_harmful: 1\n", "evl")):
         cfg = tmp_path / "eval.yaml"
         cfg.write_text(text)
         assert main(["evaluate", "m", "-c", str(cfg)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"negalign: error: {cfg}: field '{field}': unknown key")
     assert calls == []
+
+
+def test_one_file_holds_training_and_evaluation(calls, tmp_path, capsys):
+    """A whole experiment's YAML: training reads its sections, `negalign evaluate -c` its eval: section."""
+    from negalign.config import load_config
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("train:\n  lr: 1.0e-5\ndata:\n  seed: 4\neval:\n  n_boot: 200\n  max_response_tokens: 96\n"
+                   "report:\n  out: r\n")
+    assert load_config(cfg).train.lr == 1e-5
+    kwargs = evaluate(calls, "-c", str(cfg), "--eval.split_seed", "4", "--eval.heldout_fraction", "0.25")
+    assert kwargs == {**DEFAULT_KWARGS, "n_boot": 200, "max_response_tokens": 96, "split_seed": 4,
+                      "heldout_fraction": 0.25, "out_dir": Path("eval")}
+    assert capsys.readouterr().err == ""
+
+
+def test_retired_evaluate_section_warns_and_loads(tmp_path, capsys):
+    from negalign.config import load_config
+
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("train:\n  lr: 2.0e-5\nevaluate:\n  harmful_prompts: 24\n")
+    assert load_config(cfg).train.lr == 2e-5
+    assert "`evaluate:` section is ignored" in capsys.readouterr().err
+
+
+def test_a_run_directory_is_evaluated_on_its_own_held_out_split(calls, tmp_path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "config.yaml").write_text("data:\n  heldout_fraction: 0.3\n  seed: 7\n")
+    assert main(["evaluate", str(run)]) == 0
+    (spec, kwargs), = calls[-1:]
+    assert spec == str(run / "model") and (kwargs["heldout_fraction"], kwargs["split_seed"]) == (0.3, 7)
+    assert main(["evaluate", str(run), "--eval.split_seed", "1"]) == 0
+    assert (calls[-1][1]["heldout_fraction"], calls[-1][1]["split_seed"]) == (0.3, 1)
 
 
 def test_help_lists_the_new_and_the_deprecated_flags(capsys):

@@ -111,17 +111,21 @@ def _metric(work: Path, name: str, key: str):
 
 
 def ranked_baselines(work: Path) -> list[str]:
-    """Finished seed-0 baselines that keep the model usable, lowest judged-harmful rate first."""
+    """Finished seed-0 baselines, strongest first: those that keep the model usable (within the bars)
+    by lowest judged-harmful rate, then the rest by how little they over-refuse (then harm), so that
+    'the two strongest' get their seeds even when no baseline stays within the bars."""
     base_over, base_ppl = _metric(work, "reference", "overrefusal_rate"), _metric(work, "reference", "benign_perplexity")
-    scored = []
+    usable, rest = [], []
     for m in BASELINES:
         harm = _metric(work, f"{m}_s0", "judge_harmful_rate")
         over, ppl = _metric(work, f"{m}_s0", "overrefusal_rate"), _metric(work, f"{m}_s0", "benign_perplexity")
         if harm is None or None in (over, ppl, base_over, base_ppl):
             continue
         if over - base_over <= MAX_OVERREFUSAL_RISE and ppl <= MAX_PPL_RATIO * base_ppl:
-            scored.append((harm, m))
-    return [m for _, m in sorted(scored)]
+            usable.append((harm, m))
+        else:
+            rest.append((over, harm, m))
+    return [m for _, m in sorted(usable)] + [m for *_, m in sorted(rest)]
 
 
 def strongest_name(work: Path, name: str) -> str | None:

@@ -7,6 +7,7 @@ that name the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -119,15 +120,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    harmful_prompts: int = 24         # held-out harmful prompts to generate for
-    benign_prompts: int = 24          # benign prompts for perplexity
-    max_new_tokens: int = 64
-    seed: int = 0
-    judge: str | None = "default"     # harm judge for the before/after table: default | none | a model
-
-
-@dataclass
 class Config:
     run_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -135,7 +127,6 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -211,8 +202,22 @@ def build_section(cls, values: dict, prefix: str, where: str | None):
     return cls(**kwargs)
 
 
+# Sections that other commands read (`negalign evaluate -c` its `eval:`, `negalign report -c` its
+# `report:`), so one YAML file can hold a whole experiment; training skips them.
+OTHER_COMMAND_SECTIONS = ("eval", "report")
+# Read by nothing in 0.x (an evaluation's settings were never taken from here): accepted and ignored
+# with one warning, so saved run configs still load.
+RETIRED_SECTIONS = {"evaluate": "the `evaluate:` section is ignored: `negalign evaluate -c FILE` reads an `eval:` section"}
+
+
 def config_from_dict(values: dict, where: str | None = None) -> Config:
-    cfg = build_section(Config, values or {}, "", where)
+    values = dict(values or {})
+    for name in OTHER_COMMAND_SECTIONS:
+        values.pop(name, None)
+    for name, message in RETIRED_SECTIONS.items():
+        if values.pop(name, None) is not None:
+            print(f"warning: {where or 'config'}: {message}", file=sys.stderr)
+    cfg = build_section(Config, values, "", where)
     check_values(cfg, where)
     return cfg
 

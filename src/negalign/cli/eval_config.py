@@ -8,13 +8,18 @@ so an unknown key or a bad value is one line naming the field (and the file).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from negalign.base.errors import UserError
 from negalign.cli.flags import config_keys, flag_overrides
-from negalign.config import apply_overrides, build_section, read_yaml_mapping
+from negalign.config import (OTHER_COMMAND_SECTIONS, RETIRED_SECTIONS, Config, apply_overrides, build_section,
+                             read_yaml_mapping)
+
+_OTHER_SECTIONS = ({f.name for f in dataclasses.fields(Config)} | set(OTHER_COMMAND_SECTIONS)
+                   | set(RETIRED_SECTIONS) | {"critique", "rdpo"})
 
 
 @dataclass
@@ -37,6 +42,10 @@ class EvalSettings:
     harm_classifier: str | None = "default"  # default (trained with exclusions) | none | a saved JSON
     kl: bool = True                        # the sampled KL estimate
     seed: int = 0
+    n_boot: int = 1000                     # bootstrap resamples per CI
+    max_response_tokens: int = 192         # held-out / benign answers scored up to this length
+    heldout_fraction: float | None = None  # pyrit's held-out share (null: a run directory's data.heldout_fraction, else 0.2)
+    split_seed: int | None = None          # that split's seed (null: a run directory's data.seed, else 0)
 
 
 @dataclass
@@ -74,12 +83,21 @@ EVAL_HELP = {  # --help text of the long flags
     "eval.harm_classifier": "default (trained with exclusions), none (the MiniLM proxy off) or a saved classifier JSON",
     "eval.kl": "false skips the sampled KL estimate",
     "eval.seed": "sampling and bootstrap seed (default 0)",
+    "eval.n_boot": "bootstrap resamples per confidence interval (default 1000)",
+    "eval.max_response_tokens": "held-out and benign answers are scored up to this many tokens (default 192)",
+    "eval.heldout_fraction": "share of pyrit's prompts held out (default: a run directory's data.heldout_fraction, else 0.2)",
+    "eval.split_seed": "seed of that split (default: a run directory's data.seed, else 0)",
 }
 
 
 def load_section(cls, path: str | Path | None, overrides: dict[str, Any]):
-    """A file's config (cls: one section) with dotted overrides applied; unknown keys are errors."""
+    """A file's config (cls: one section) with dotted overrides applied; unknown keys are errors.
+
+    The file may be a whole experiment's config: the sections other commands read (training's
+    model/data/..., rdpo's critique/rdpo, the other of eval/report) are skipped, not errors."""
     values = read_yaml_mapping(path) if path is not None else {}
+    own = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in values.items() if k in own or k not in _OTHER_SECTIONS}
     apply_overrides(values, overrides)
     return build_section(cls, values, "", None if path is None else str(path))
 
@@ -108,8 +126,10 @@ def check_eval_settings(s: EvalSettings, where: str | None = None) -> None:
     if s.generation_precision not in ("bf16", "fp32"):
         raise UserError(f"must be 'bf16' or 'fp32', got {s.generation_precision!r}", path=where,
                         field="eval.generation_precision")
+    if s.heldout_fraction is not None and not 0.0 < s.heldout_fraction < 1.0:
+        raise UserError(f"must be between 0 and 1, got {s.heldout_fraction}", path=where, field="eval.heldout_fraction")
     for key in ("n_harmful", "n_benign", "n_overrefusal", "n_heldout", "max_new_tokens", "batch_size",
-                "judge_batch_size"):
+                "judge_batch_size", "n_boot", "max_response_tokens"):
         value = getattr(s, key)
         if value is not None and value < 1:
             raise UserError(f"must be at least 1, got {value}", path=where, field=f"eval.{key}")
@@ -136,8 +156,11 @@ def judge_spec(s: EvalSettings):
             **({"batch_size": s.judge_batch_size} if s.judge_batch_size else {})}
 
 
-def evaluate_kwargs(s: EvalSettings) -> dict[str, Any]:
-    """evaluate_model's keyword arguments but out_dir (it depends on the model: a run's own eval/)."""
+def evaluate_kwargs(s: EvalSettings, run_data: dict | None = None) -> dict[str, Any]:
+    """evaluate_model's keyword arguments but out_dir (it depends on the model: a run's own eval/).
+
+    run_data: the evaluated run directory's `data:` settings, whose held-out split (heldout_fraction,
+    seed) the evaluation uses unless the settings name one: held-out prompts stay held out."""
     from negalign.evaluation.evaluate import DEFAULT_SIZES, QUICK_SIZES
 
     base = QUICK_SIZES if s.quick else DEFAULT_SIZES
@@ -146,4 +169,11 @@ def evaluate_kwargs(s: EvalSettings) -> dict[str, Any]:
     harm = None if s.harm_classifier == "default" else (s.harm_classifier or "none")
     return dict(reference_spec=s.reference, **sizes, n_heldout=s.n_heldout, max_new_tokens=s.max_new_tokens,
                 batch_size=s.batch_size, generation_precision=s.generation_precision, judge=judge_spec(s),
-                judge_benign=s.win_rate, harm_classifier=harm, kl=s.kl, seed=s.seed)
+                judge_benign=s.win_rate, harm_classifier=harm, kl=s.kl, seed=s.seed, n_boot=s.n_boot,
+                max_response_tokens=s.max_response_tokens, **held_out_split(s, run_data or {}))
+
+
+def held_out_split(s: EvalSettings, run_data: dict) -> dict[str, Any]:
+    fraction = s.heldout_fraction if s.heldout_fraction is not None else run_data.get("heldout_fraction", 0.2)
+    seed = s.split_seed if s.split_seed is not None else run_data.get("seed", 0)
+    return {"heldout_fraction": float(fraction), "split_seed": int(seed)}

@@ -66,7 +66,9 @@ def main_evaluate(args) -> int:
     # The run's own config (for its model card and trackers), read first: a snapshot naming a tracker
     # whose package is missing fails now, not after the evaluation.
     run_cfg = own_run_config(run, spec, settings.out)
-    result = evaluate_model(spec, out_dir=settings.out or default_out, **evaluate_kwargs(settings))
+    run_data = run.read_config().get("data") if spec == str(run.model) else None
+    result = evaluate_model(spec, out_dir=settings.out or default_out,
+                            **evaluate_kwargs(settings, run_data if isinstance(run_data, dict) else None))
     print("\n".join(summary_lines(result)))
     if run_cfg is not None:
         after_run_evaluation(run, run_cfg, result)
