@@ -364,7 +364,15 @@ def test_hold_groups_sample_the_initial_model_unguided_and_train_without_a_negat
     assert metrics["logps/rejected"] == pytest.approx(float(lp.policy_negative[0]), rel=1e-6)
     out = d2o.stage_train(cfg, log=lambda *_: None)
     assert (out / "model.safetensors").exists()
-    with pytest.raises(UserError, match="are a D2O option"):
+    # SFT on the anchors takes hold groups too (its like-for-like baseline): the hold row's loss is
+    # its anchors' mean per-token NLL
+    with torch.no_grad():
+        lp = batch_logps(model, data, [0, len(groups) - 1], "sft_anchors", chunk_tokens=256, grouped=True,
+                         autocast=__import__("contextlib").nullcontext)
+        loss, _ = compute_objective("sft_anchors", lp, {"beta": 0.1, "alpha": 0.1})
+    nll = -(lp.policy_anchor[1] / lp.anchor_lengths[1].clamp(min=1))[lp.anchor_mask[1]].mean()
+    assert float(loss[1]) == pytest.approx(float(nll), rel=1e-5) and float(loss[1]) > 0
+    with pytest.raises(UserError, match="need a method that learns from anchors alone"):
         config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "method": "npo"}})
 
 

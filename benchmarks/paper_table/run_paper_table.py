@@ -43,8 +43,9 @@ HERE = Path(__file__).resolve().parent
 BASE = {**DEMO_SETTINGS, "train": {**DEMO_SETTINGS["train"], "seed": 0, "keep_checkpoints": 1}}
 EVAL = dict(DEMO_EVAL)
 
-# Hold groups (benign prompts, the initial model's answers as anchors, no negative) are a D2O option:
-# the other methods train on the 31 negative groups alone, 3 groups per step so that two epochs are
+# Hold groups (benign prompts, the initial model's answers as anchors, no negative) only mean something
+# to D2O and SFT on the anchors (objectives.names.HOLD_METHODS): the methods train on the 31 negative
+# groups alone, 3 groups per step so that two epochs are
 # about as many steps (22) as D2O's (20 steps of 6 groups, hold included). d2o_no_hold is D2O on
 # exactly the baselines' data and steps, so hold's share of the effect is visible.
 NO_HOLD = {"data.hold": None, "data.hold_limit": None, "train.groups_per_step": 3, "train.micro_groups": 3}
@@ -64,6 +65,9 @@ RUNS: list[tuple[str, dict]] = [
     ("kto_negatives_s0", {**NO_HOLD, "train.method": "kto_negatives"}),
     ("simnpo_s0", {**NO_HOLD, "train.method": "simnpo"}),
     ("ga_s0", {**NO_HOLD, "train.method": "ga"}),
+    # SFT on the anchors with D2O's hold groups (SFT learns from a group without a negative too): the
+    # like-for-like check of whether D2O's objective or the hold data makes d2o_s0 usable.
+    ("sft_anchors_hold_s0", {"train.method": "sft_anchors"}),
     ("STRONGEST1_s1", {**NO_HOLD, "train.seed": 1}),
     ("STRONGEST2_s1", {**NO_HOLD, "train.seed": 1}),
     ("STRONGEST1_s2", {**NO_HOLD, "train.seed": 2}),

@@ -18,7 +18,7 @@ import yaml
 
 from negalign.base.errors import UserError
 from negalign.modeling.lora import LoraSpec
-from negalign.objectives.names import METHODS, unknown_method_message
+from negalign.objectives.names import HOLD_METHODS, METHODS, unknown_method_message
 
 GUIDANCE_PROMPT = (
     "You are a helpful, honest and harmless assistant. If a request could cause harm, "
@@ -257,8 +257,9 @@ def check_values(cfg: Config, where: str | None = None) -> None:
             bad(key, f"expected one of {', '.join(choices)}, got {get(key)!r}")
     if cfg.data.anchors == "positives" and cfg.train.online.every:
         bad("train.online.every", "online resampling needs sampled anchors, not data.anchors: positives")
-    if cfg.data.hold and cfg.train.method != "d2o":
-        bad("data.hold", f"hold groups (anchors, no negative) are a D2O option; train.method is {cfg.train.method!r}")
+    if cfg.data.hold and cfg.train.method not in HOLD_METHODS:
+        bad("data.hold", f"hold groups (anchors, no negative) need a method that learns from anchors alone "
+                         f"({', '.join(HOLD_METHODS)}); train.method is {cfg.train.method!r}")
     if cfg.data.hold and cfg.train.online.every:
         bad("data.hold", "hold groups are offline: set train.online.every to 0")
     if cfg.data.hold and cfg.data.anchors == "positives":
