@@ -61,7 +61,7 @@ RUNS: list[tuple[str, dict]] = [
     ("d2o_s2", {"train.seed": 2}),
     ("npo_s0", {**NO_HOLD, "train.method": "npo"}),
     ("d2o_no_anchors_s0", {**NO_HOLD, "train.method": "d2o_no_anchors"}),
-    ("dpo_pairs_s0", {**NO_HOLD, "train.method": "dpo_pairs"}),
+    ("dpo_pairs_s0", {**NO_HOLD, "train.method": "dpo_pairs", "data.anchors": "positives", "sample.k": 1}),
     ("kto_negatives_s0", {**NO_HOLD, "train.method": "kto_negatives"}),
     ("simnpo_s0", {**NO_HOLD, "train.method": "simnpo"}),
     ("ga_s0", {**NO_HOLD, "train.method": "ga"}),
@@ -184,7 +184,8 @@ def train_one(work: Path, name: str, overrides: dict, log) -> float:
     if (run_dir / "train" / "done.json").exists() and (run_dir / "model").exists():
         return 0.0
     t0 = time.perf_counter()
-    share_anchors(work, run_dir)
+    if cfg.data.anchors != "positives":  # DPO on human pairs: the human positives are its chosen side
+        share_anchors(work, run_dir)
     d2o.prepare_run_dir(cfg)
     d2o.stage_sample(cfg, log=log)
     d2o.stage_train(cfg, resume=True, log=log)
