@@ -116,20 +116,21 @@ def _metric(work: Path, name: str, key: str):
 
 def ranked_baselines(work: Path) -> list[str]:
     """Finished seed-0 baselines, strongest first: those that keep the model usable (within the bars)
-    by lowest judged-harmful rate, then the rest by how little they over-refuse (then harm), so that
-    'the two strongest' get their seeds even when no baseline stays within the bars."""
+    by lowest judged-harmful rate, then the rest by how far they miss the bars (each bar's excess in
+    units of the bar: +10 points of over-refusal, +10 % perplexity), then harm. So 'the two
+    strongest' get their seeds even when no baseline stays within the bars, and a model that stopped
+    refusing by falling apart (perplexity x1.9) does not rank above one that refuses a little much."""
     base_over, base_ppl = _metric(work, "reference", "overrefusal_rate"), _metric(work, "reference", "benign_perplexity")
-    usable, rest = [], []
+    ranked = []
     for m in BASELINES:
         harm = _metric(work, f"{m}_s0", "judge_harmful_rate")
         over, ppl = _metric(work, f"{m}_s0", "overrefusal_rate"), _metric(work, f"{m}_s0", "benign_perplexity")
         if harm is None or None in (over, ppl, base_over, base_ppl):
             continue
-        if over - base_over <= MAX_OVERREFUSAL_RISE and ppl <= MAX_PPL_RATIO * base_ppl:
-            usable.append((harm, m))
-        else:
-            rest.append((over, harm, m))
-    return [m for _, m in sorted(usable)] + [m for *_, m in sorted(rest)]
+        miss = (max(0.0, over - base_over - MAX_OVERREFUSAL_RISE) / MAX_OVERREFUSAL_RISE
+                + max(0.0, ppl / base_ppl - MAX_PPL_RATIO) / (MAX_PPL_RATIO - 1))
+        ranked.append((miss, harm, m))
+    return [m for *_, m in sorted(ranked)]
 
 
 def strongest_name(work: Path, name: str) -> str | None:
