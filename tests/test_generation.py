@@ -62,36 +62,6 @@ def test_greedy_matches_manual_decode(tiny_model, tokenizer):
         assert out[k] == [want, want]
 
 
-def test_preallocated_kv_cache_gives_the_growing_caches_replies(tiny_model, tokenizer):
-    """Writing the cache in place changes no reply: greedy and seeded samples, rows leaving early."""
-    for config in (GenerationConfig(n=2, temperature=0, max_new_tokens=12), SAMPLE,
-                   GenerationConfig(n=4, temperature=1.0, top_p=0.9, max_new_tokens=20, seed=3)):
-        got = TransformersGenerator(tiny_model, tokenizer, batch_size=8).generate(CONVS, config)
-        want = TransformersGenerator(tiny_model, tokenizer, batch_size=8, preallocate_kv=False).generate(CONVS, config)
-        assert got == want
-
-
-def test_preallocated_layer_reads_like_a_dynamic_layer():
-    from transformers.cache_utils import DynamicLayer
-
-    from negalign.generation.kv_cache import PreallocatedLayer
-
-    torch.manual_seed(0)
-    k, v = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
-    rows = torch.tensor([0, 0, 2])
-    grown, fixed = DynamicLayer(), PreallocatedLayer(k[rows], v[rows], capacity=6)
-    grown.update(k[rows], v[rows])
-    for step in range(4):  # the fourth step passes the capacity: the buffer grows
-        nk, nv = torch.randn(3 - (step > 1), 2, 1, 4), torch.randn(3 - (step > 1), 2, 1, 4)
-        if step == 2:  # a row leaves the batch
-            keep = torch.tensor([0, 2])
-            grown.batch_select_indices(keep)
-            fixed.batch_select_indices(keep)
-        a, b = grown.update(nk, nv), fixed.update(nk, nv)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-        assert grown.get_seq_length() == fixed.get_seq_length() == 6 + step
-
-
 def test_seed_determinism_independent_of_batching(tiny_model, tokenizer):
     a = TransformersGenerator(tiny_model, tokenizer, batch_size=32).generate(CONVS, SAMPLE)
     b = TransformersGenerator(tiny_model, tokenizer, batch_size=2).generate(CONVS[::-1], SAMPLE)[::-1]

@@ -30,7 +30,6 @@ from negalign.base.progress import Progress
 from negalign.data.chat import encode_prompt, end_of_turn_id
 from negalign.data.records import Messages
 from negalign.generation.base import GenerationConfig, check_config
-from negalign.generation.kv_cache import preallocate
 
 
 @dataclass
@@ -117,14 +116,12 @@ class TransformersGenerator:
     """ChatGenerator over a loaded transformers causal LM (plain or PEFT-wrapped).
 
     batch_size: sequences per batch (prompts per batch = batch_size // n, at least one).
-    max_batch_tokens: cap on a batch's distinct prompts x padded width (a longer prompt goes alone).
-    progress: show progress with tokens/s (negalign.base.progress). preallocate_kv: decode into a KV
-    cache written in place (negalign.generation.kv_cache) instead of transformers' growing one.
-    After each call, `last_stats` holds the generated token count and wall time.
+    max_batch_tokens: cap on a batch's distinct prompts x padded width (a longer prompt goes alone). progress: show progress with tokens/s (negalign.base.progress). After each call, `last_stats` holds
+    the generated token count and wall time.
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 32, max_batch_tokens: int = 8192,
-                 progress: bool = False, preallocate_kv: bool = True):
+                 progress: bool = False):
         for field, v in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens)):
             if not isinstance(v, int) or v < 1:
                 raise UserError(f"must be a positive integer, got {v!r}", field=field)
@@ -133,7 +130,6 @@ class TransformersGenerator:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
-        self.preallocate_kv = preallocate_kv  # False: transformers' growing cache (benchmarks compare)
         self.last_stats = GenerationStats()
         self.stop_ids = self._stop_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -232,10 +228,7 @@ class TransformersGenerator:
                          position_ids=positions.to(device), use_cache=True, **self._last_logits_only())
         cache = out.past_key_values
         expand = torch.tensor(slot, device=device)
-        if self.preallocate_kv:  # written in place from here on, not grown by concatenation
-            preallocate(cache, expand, config.max_new_tokens)
-        else:
-            cache.batch_select_indices(expand)
+        cache.batch_select_indices(expand)
         logits = out.logits[:, -1][expand]
         mask = attention.to(device)[expand]
         position = positions[:, -1].to(device)[expand]
