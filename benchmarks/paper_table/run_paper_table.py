@@ -45,9 +45,9 @@ EVAL = dict(DEMO_EVAL)
 
 # Hold groups (benign prompts, the initial model's answers as anchors, no negative) only mean something
 # to D2O and SFT on the anchors (objectives.names.HOLD_METHODS): the methods train on the 31 negative
-# groups alone, 3 groups per step so that two epochs are
-# about as many steps (22) as D2O's (20 steps of 6 groups, hold included). d2o_no_hold is D2O on
-# exactly the baselines' data and steps, so hold's share of the effect is visible.
+# groups alone, 3 groups per step so that two epochs are about as many steps (22) as D2O's (20 steps
+# of 6 groups, hold included). d2o_no_hold is D2O on exactly the baselines' data and steps, so hold's
+# share of the effect is visible.
 NO_HOLD = {"data.hold": None, "data.hold_limit": None, "train.groups_per_step": 3, "train.micro_groups": 3}
 
 # (run name, overrides). Order = priority: D2O on the baselines' data, the baselines that use the same

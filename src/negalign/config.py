@@ -216,7 +216,7 @@ def config_from_dict(values: dict, where: str | None = None) -> Config:
         values.pop(name, None)
     for name, message in RETIRED_SECTIONS.items():
         if values.pop(name, None) is not None:
-            print(f"warning: {where or 'config'}: {message}", file=sys.stderr)
+            print(f"negalign: warning: {where or 'config'}: {message}", file=sys.stderr)  # the CLI's warning style
     cfg = build_section(Config, values, "", where)
     check_values(cfg, where)
     return cfg

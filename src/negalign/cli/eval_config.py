@@ -15,8 +15,8 @@ from typing import Any
 
 from negalign.base.errors import UserError
 from negalign.cli.flags import config_keys, flag_overrides
-from negalign.config import (OTHER_COMMAND_SECTIONS, RETIRED_SECTIONS, Config, apply_overrides, build_section,
-                             read_yaml_mapping)
+from negalign.config import (OTHER_COMMAND_SECTIONS, RETIRED_SECTIONS, Config, DataConfig, apply_overrides,
+                             build_section, read_yaml_mapping)
 
 _OTHER_SECTIONS = ({f.name for f in dataclasses.fields(Config)} | set(OTHER_COMMAND_SECTIONS)
                    | set(RETIRED_SECTIONS) | {"critique", "rdpo"})
@@ -174,6 +174,9 @@ def evaluate_kwargs(s: EvalSettings, run_data: dict | None = None) -> dict[str, 
 
 
 def held_out_split(s: EvalSettings, run_data: dict) -> dict[str, Any]:
-    fraction = s.heldout_fraction if s.heldout_fraction is not None else run_data.get("heldout_fraction", 0.2)
-    seed = s.split_seed if s.split_seed is not None else run_data.get("seed", 0)
+    """The settings' split, else the run's (data.heldout_fraction, data.seed), else training's defaults."""
+    default = DataConfig()
+    fraction = s.heldout_fraction if s.heldout_fraction is not None else run_data.get("heldout_fraction",
+                                                                                      default.heldout_fraction)
+    seed = s.split_seed if s.split_seed is not None else run_data.get("seed", default.seed)
     return {"heldout_fraction": float(fraction), "split_seed": int(seed)}
