@@ -63,9 +63,10 @@ def test_bundled_presets_render(tokenizer):
         for p in prompts:
             text = p.prompt[0]["content"]
             assert p.meta["request"].strip() in text and "{" not in text
-        for t in (preset.critique_request, preset.revision_request):
-            rendered = render(t, principle=preset.principle)
-            assert preset.principle in rendered and "{principle}" not in rendered
+        # the critique quotes the principle; a revision request may restate it in its own words (a
+        # 1.5B teacher asked to revise "per the principle: ..." often answers with the principle itself)
+        assert preset.principle in render(preset.critique_request, principle=preset.principle)
+        assert "{" not in render(preset.revision_request, principle=preset.principle)
     # sets are interleaved, so a small limit sees each of them
     assert {p.meta["set"] for p in build_prompts(load_preset("sycophancy"), limit=2)} == {"claims", "work"}
     # safety wraps harmful requests in several personas
@@ -125,7 +126,8 @@ def test_three_turn_chat_with_tiny_model(tmp_path, tiny_model, tokenizer, preset
     conv = third[0]
     assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant", "user"]
     assert conv[1]["content"] == rows[0]["original"] and conv[3]["content"] == rows[0]["critique"]
-    assert preset.principle in conv[2]["content"] and preset.principle in conv[4]["content"]
+    assert preset.principle in conv[2]["content"]
+    assert conv[4]["content"] == render(preset.revision_request, principle=preset.principle)
     assert len(read_critiques(tmp_path / "critique.jsonl")) == 2
 
 

@@ -66,7 +66,8 @@ def test_scores_are_oriented_higher_is_better():
     pairs, _, _ = make_pairs(rows, s_o, s_r, tau=0.1)
     assert pairs[0]["label"] > 0.99  # the less harmful revision is preferred
     base = {"critique": {"preset": "safety"}}
-    assert scorer_spec(rdpo_settings_from_dict(base)) == ("harm_classifier", False)
+    assert scorer_spec(rdpo_settings_from_dict(base)) == ("judge", False)
+    assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": "harm_classifier"}})) == ("harm_classifier", False)
     assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": "reward_model:/m"}})) == ("reward_model:/m", True)
     assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": {"type": "judge"}}}))[1] is False
     with pytest.raises(UserError, match="no default scorer"):
@@ -129,6 +130,8 @@ def test_config_errors_name_the_key(tmp_path):
         load_rdpo_config(None, {"rdpo.variant": "ppo"})
     with pytest.raises(UserError, match="train.tau"):
         load_rdpo_config(None, {"train.tau": "-1"})
+    with pytest.raises(UserError, match=r"field 'critique.precision': must be bf16 or fp32"):
+        load_rdpo_config(None, {"critique.precision": "fp16"})
     warnings = []
     s = load_rdpo_config(None, set_overrides(["train.tau=0.05", "critique.limit=3",
                                               "critique.teacher=openai:m@http://h/v1"], warn=warnings.append))

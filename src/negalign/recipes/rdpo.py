@@ -37,7 +37,9 @@ VARIANTS = ("rdpo", "dpo", "cdpo", "sft")
 # Which way each scorer type points. The pair scores are oriented so that higher = better.
 HIGHER_IS_BETTER = {"harm_classifier": False, "judge": False, "refusal": True, "reward_model": True}
 # A preset's default scorer; presets without one need `rdpo.scorer` (a reward model or a judge).
-PRESET_SCORERS = {"safety": "harm_classifier"}
+# safety: the offline judge, which agrees with pyrit's human labels (benchmarks/scorers); the MiniLM
+# harm classifier is blind to vague compliance and stays available as rdpo.scorer: harm_classifier.
+PRESET_SCORERS = {"safety": "judge"}
 
 
 @dataclass
@@ -89,6 +91,8 @@ def check_settings(s: RdpoSettings) -> None:
     if not (s.cfg.train.tau > 0 and math.isfinite(s.cfg.train.tau)):
         raise UserError(f"must be a positive number, got {s.cfg.train.tau}", path=w, field="train.tau")
     c = s.critique
+    if c.precision not in ("bf16", "fp32"):
+        raise UserError(f"must be bf16 or fp32, got {c.precision!r}", path=w, field="critique.precision")
     if c.limit is not None and c.limit < 1:
         raise UserError("must be at least 1", path=w, field="critique.limit")
     for key in ("max_new_tokens", "critique_max_new_tokens", "prompts_per_write"):
@@ -330,9 +334,12 @@ def _teacher(settings: RdpoSettings) -> tuple[Any, Any]:
     c = settings.critique
     model = tok = None
     if teacher_spec(c, settings.cfg.model.name).get("backend") in ("transformers", "auto"):
+        import torch
+
         from negalign.training.models import load_plain
 
-        model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"))
+        dtype = torch.bfloat16 if c.precision == "bf16" else torch.float32
+        model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"), dtype=dtype)
     return make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok)
 
 
