@@ -252,7 +252,7 @@ class CritiqueConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     max_new_tokens: int = 160            # answer and revision
-    precision: str = "bf16"              # bf16 | fp32 weights of a local teacher (sampling needs no fp32; bf16 is ~3x faster on CPU)
+    precision: str = "bf16"              # bf16 | fp32: a local teacher's weights (sampling needs no fp32 copy)
     critique_max_new_tokens: int = 96
     seed: int = 0
     prompts_per_write: int = 16
