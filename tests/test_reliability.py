@@ -181,6 +181,13 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model_dir, tmp_path, monkeyp
     assert seen[0][1] is True  # the model: safetensors only
 
 
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_a_sampler_or_teacher_loads_in_its_precision(tiny_model_dir, tmp_path, precision, dtype):
+    model, _ = load_plain(load_config(None, {"run_dir": str(tmp_path), "model.name": str(tiny_model_dir)}),
+                          precision=precision)
+    assert {p.dtype for p in model.parameters()} == {dtype}
+
 # ---------------------------------------------------------------- API keys stay out of run dirs
 
 def _files_containing(root: Path, needle: str) -> list[str]:

@@ -80,10 +80,7 @@ def _local_sampler(cfg: Config):
 
     if not (cfg.sample.backend == "transformers" or (cfg.sample.backend == "auto" and not vllm_available())):
         return None, None
-    import torch
-
-    dtype = torch.bfloat16 if cfg.sample.precision == "bf16" else torch.float32
-    return load_plain(cfg, sampler_model(cfg), dtype=dtype)
+    return load_plain(cfg, sampler_model(cfg), cfg.sample.precision)
 
 
 def stage_reference(cfg: Config, *, log=print):

@@ -334,12 +334,9 @@ def _teacher(settings: RdpoSettings) -> tuple[Any, Any]:
     c = settings.critique
     model = tok = None
     if teacher_spec(c, settings.cfg.model.name).get("backend") in ("transformers", "auto"):
-        import torch
-
         from negalign.training.models import load_plain
 
-        dtype = torch.bfloat16 if c.precision == "bf16" else torch.float32
-        model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"), dtype=dtype)
+        model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"), c.precision)
     return make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok)
 
 

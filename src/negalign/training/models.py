@@ -11,12 +11,14 @@ def device() -> str:
     return str(distributed.device())  # cuda:LOCAL_RANK under a launcher, so ranks do not share GPU 0
 
 
-def load_plain(cfg: Config, spec: str | None = None, dtype=None):
-    """(model, tokenizer) of `spec` (default: the run's model) without an adapter: a reference or a teacher."""
+def load_plain(cfg: Config, spec: str | None = None, precision: str = "fp32"):
+    """(model, tokenizer) of `spec` (default: the run's model) without an adapter: a reference, a sampler or
+    a teacher. precision 'bf16' loads bf16 weights (inference needs no fp32 master copy), else fp32."""
     import torch
 
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     return load_model(spec or cfg.model.name, device=device(), trust_remote_code=cfg.model.trust_remote_code,
-                      allow_pickle=cfg.model.allow_pickle, dtype=dtype or torch.float32)
+                      allow_pickle=cfg.model.allow_pickle, dtype=dtype)
 
 
 def load_policy(cfg: Config):
