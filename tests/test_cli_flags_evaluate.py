@@ -94,6 +94,7 @@ def test_deprecated_flags_warn_once_and_map_to_the_same_kwargs(calls, capsys):
     (["--eval.generation_precision", "fp16"], ["field 'eval.generation_precision'", "fp16"]),
     (["--judge", "http://h/v1"], ["field 'eval.judge_model'", "judge server needs"]),
     (["--judge", "none", "--judge-rubric", "guard"], ["field 'eval.judge'", "need a judge"]),
+    (["--eval.behaviours", "[roleplay, honesty]"], ["field 'eval.behaviours'", "honesty"]),
 ])
 def test_setting_mistakes_are_one_line_exit_2(calls, capsys, argv, parts):
     assert main(["evaluate", "m", *argv]) == 2
@@ -101,6 +102,21 @@ def test_setting_mistakes_are_one_line_exit_2(calls, capsys, argv, parts):
     assert len(errors) == 1 and errors[0].startswith("negalign: error: "), errors
     assert all(part in errors[0] for part in parts), errors[0]
     assert calls == []  # nothing evaluated
+
+
+def test_behaviours_run_after_the_evaluation_with_one_judge(calls, monkeypatch, tmp_path, capsys):
+    import negalign.evaluation.behaviour as bh
+
+    made, ran = [], []
+    monkeypatch.setattr(bh, "behaviour_judge", lambda b, like=None: made.append((b, like)) or f"judge-{b}")
+    metric = {"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}
+    monkeypatch.setattr(bh, "evaluate_behaviour", lambda spec, b, out, judge, log: ran.append((spec, b, out, judge))
+                        or {"metrics": {f"{b}_rate": metric}})
+    evaluate(calls, "--eval.behaviours", "[sycophancy, roleplay]", "--out", str(tmp_path))
+    assert made == [("sycophancy", None), ("roleplay", "judge-sycophancy")]  # the second shares the weights
+    assert ran == [("m", "sycophancy", str(tmp_path), "judge-sycophancy"), ("m", "roleplay", str(tmp_path), "judge-roleplay")]
+    assert "roleplay: roleplay_rate 50.0% [25.0%, 75.0%]" in capsys.readouterr().out
+    assert evaluate(calls) and made[2:] == []  # no behaviours by default
 
 
 def test_unknown_yaml_key_names_the_key_and_file(calls, capsys, tmp_path):

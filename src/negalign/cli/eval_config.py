@@ -46,6 +46,7 @@ class EvalSettings:
     max_response_tokens: int = 192         # held-out / benign answers scored up to this length
     heldout_fraction: float | None = None  # pyrit's held-out share (null: a run directory's data.heldout_fraction, else 0.2)
     split_seed: int | None = None          # that split's seed (null: a run directory's data.seed, else 0)
+    behaviours: list[str] = field(default_factory=list)  # also: sycophancy, roleplay (evaluation/behaviour.py)
 
 
 @dataclass
@@ -87,6 +88,9 @@ EVAL_HELP = {  # --help text of the long flags
     "eval.max_response_tokens": "held-out and benign answers are scored up to this many tokens (default 192)",
     "eval.heldout_fraction": "share of pyrit's prompts held out (default: a run directory's data.heldout_fraction, else 0.2)",
     "eval.split_seed": "seed of that split (default: a run directory's data.seed, else 0)",
+    "eval.behaviours": "also evaluate these behaviours on held-out prompts, rated by the offline judge: "
+                       "sycophancy (40 false claims, neutral and pressured), roleplay (12 requests in 6 persona injections); "
+                       "written to OUT/sycophancy.json, OUT/roleplay.json",
 }
 
 
@@ -135,6 +139,12 @@ def check_eval_settings(s: EvalSettings, where: str | None = None) -> None:
             raise UserError(f"must be at least 1, got {value}", path=where, field=f"eval.{key}")
     if _judge_server(s) and not s.judge_model:
         raise UserError("a judge server needs --eval.judge_model NAME", path=where, field="eval.judge_model")
+    from negalign.evaluation.behaviour import BEHAVIOURS
+
+    unknown = [b for b in s.behaviours if b not in BEHAVIOURS]
+    if unknown:
+        raise UserError(f"unknown behaviour {unknown[0]!r}; choose from {', '.join(BEHAVIOURS)}", path=where,
+                        field="eval.behaviours")
     if (s.judge_rubric or s.judge_batch_size) and s.judge in (None, "none"):
         raise UserError("judge_rubric and judge_batch_size need a judge", path=where, field="eval.judge")
 

@@ -67,12 +67,29 @@ def main_evaluate(args) -> int:
     # whose package is missing fails now, not after the evaluation.
     run_cfg = own_run_config(run, spec, settings.out)
     run_data = run.read_config().get("data") if spec == str(run.model) else None
-    result = evaluate_model(spec, out_dir=settings.out or default_out,
+    out = settings.out or default_out
+    result = evaluate_model(spec, out_dir=out,
                             **evaluate_kwargs(settings, run_data if isinstance(run_data, dict) else None))
     print("\n".join(summary_lines(result)))
+    evaluate_behaviours(spec, settings.behaviours, out)
     if run_cfg is not None:
         after_run_evaluation(run, run_cfg, result)
     return 0
+
+
+def evaluate_behaviours(spec: str, behaviours: list[str], out) -> None:
+    """Each named behaviour's held-out evaluation into out/<behaviour>.json (a saved one is reused);
+    the judge's weights are loaded once for all."""
+    from negalign.evaluation.behaviour import behaviour_judge, evaluate_behaviour
+
+    judge = None
+    for b in behaviours:
+        if not (Path(out) / f"{b}.json").exists():
+            judge = behaviour_judge(b, like=judge)
+        result = evaluate_behaviour(spec, b, out, judge=judge, log=lambda *_: None)
+        print(f"{b}: " + ", ".join(f"{k} {v['value']:.1%} [{v['ci_low']:.1%}, {v['ci_high']:.1%}]"
+                                   for k, v in result["metrics"].items()
+                                   if "/" not in k and v["value"] is not None and v["ci_low"] is not None))
 
 
 def own_run_config(run: RunDir, spec: str, out: str | None):
