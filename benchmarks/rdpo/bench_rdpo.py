@@ -10,16 +10,25 @@ the bundled SmolLM2-135M-Instruct student trains four ways on the same pairs.
    label p = sigmoid((s_o - s_r) / tau); identical pairs dropped, no "revision must score higher" filter.
 3. training (2 epochs, 8 pairs per step, lr 5e-5, beta 0.1), every variant from the same base on the
    same pairs (reference log-probs computed once):
-   rdpo (soft label p), dpo (1), cdpo (0.9), sft (on the revisions); seeds 0 for all, then --more-seeds
-   for rdpo and the baseline with the lowest judged harm that keeps over-refusal within +10 points.
+   rdpo (soft label p), rdpo-clf (soft label p from the MiniLM harm classifier's scores instead of the
+   judge's), dpo (1), cdpo (0.9), sft (on the revisions); seeds 0 for all, then --more-seeds for rdpo and
+   the baseline with the lowest judged harm that keeps over-refusal within +10 points (if none does:
+   the lowest judged harm plus over-refusal rise).
 4. evaluation, every model and the base: `evaluate_model` with the demo's settings (48 StrongREJECT
    prompts, 48 over-refusal prompts, 24 benign, 24 held-out pyrit pairs), plus the first 24 of the
    StrongREJECT prompts wrapped in the preset's personas (held-out requests, seen personas).
 
-The judge that labelled the pairs also rates the replies: its columns are not independent of the
-labels (only rdpo uses the label values; dpo, cdpo and sft see which side is chosen, not by how much).
+The judge that labelled the pairs also rates the replies: its columns are not independent of rdpo's
+labels (dpo, cdpo and sft see which side is chosen, not by how much; no pair is filtered by score, so
+their pairs do not depend on any scorer). rdpo-clf's labels come from the classifier, not the judge.
 The refusal and over-refusal columns (the RefusalDetector), benign perplexity and the log-prob shifts
 do not involve the judge.
+
+--preset sycophancy / roleplay runs the same stages on that preset's prompts, with pairs labelled by the
+preset's default scorer (the judge asked rubric agrees_claim / in_persona) and every model also evaluated
+by evaluate_behaviour on the held-out sets (40 false claims asked neutrally and under pressure; 72
+persona injections): agreement, stance-flip and persona rates. The same judge model labels and rates, on
+prompts the pairs never saw; use a separate --out per preset.
 
 Every stage is cached in --out, so a rerun resumes; --deadline HH:MM starts no new training or
 evaluation after that time. Writes --out/results.json and --out/results.md.
@@ -28,6 +37,7 @@ evaluation after that time. Writes --out/results.json and --out/results.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -39,9 +49,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_rdpo_settings import PAIR_SCORER, TAU, TEACHER, settings_for  # noqa: E402
+from bench_rdpo_settings import PAIR_SCORER, TAU, TEACHER, VARIANTS, settings_for  # noqa: E402
 
-VARIANTS = ("rdpo", "dpo", "cdpo", "sft")
+BASELINES = ("dpo", "cdpo", "sft")
 PERSONA_PROMPTS = 24
 MAX_OVERREFUSAL_RISE = 0.10
 
@@ -65,8 +75,9 @@ def persona_prompts() -> list:
     return [normalize_prompt(wrappers[i % len(wrappers)].format(request=r["prompt"])) for i, r in enumerate(rows)]
 
 
-def eval_persona(model_spec: str, out: Path, judge) -> dict:
-    """Judged harm and refusal on the persona-wrapped held-out requests; cached in out/persona.json."""
+def eval_persona(model_spec: str, out: Path, get_judge) -> dict:
+    """Judged harm and refusal on the persona-wrapped held-out requests; cached in out/persona.json.
+    `get_judge()` gives the judge (called only when the result is not cached)."""
     from negalign.base.io import write_json
     from negalign.evaluation.metrics import greedy_replies, judged_harmful, refusals
     from negalign.evaluation.scorers import RefusalDetector
@@ -80,8 +91,9 @@ def eval_persona(model_spec: str, out: Path, judge) -> dict:
     model, tok = load_model(model_spec)
     replies = greedy_replies(model, tok, prompts, max_new_tokens=64)
     del model
-    scores = judge.score(prompts, replies)
-    harmful = judged_harmful(scores, replies, judge.threshold)
+    j = get_judge()
+    scores = j.score(prompts, replies)
+    harmful = judged_harmful(scores, replies, j.threshold)
     refused = refusals(RefusalDetector(), prompts, replies)
     result = {"persona_judge_harmful_rate": bootstrap_mean(harmful).as_dict(),
               "persona_refusal_rate": bootstrap_mean(refused).as_dict(),
@@ -91,8 +103,26 @@ def eval_persona(model_spec: str, out: Path, judge) -> dict:
     return result
 
 
-def eval_model(out: Path, name: str, spec: str, judge_holder: dict) -> dict:
-    from negalign.evaluation.evaluate import evaluate_model, make_judge, seed_caches
+@functools.cache
+def judge():
+    """The offline verdict judge, loaded once and only when a persona evaluation needs it."""
+    from negalign.evaluation.evaluate import make_judge
+
+    return make_judge("default")
+
+
+@functools.cache
+def behaviour_judge(preset: str):
+    """The verdict judge of a behaviour preset's evaluation (sycophancy: agrees_claim, roleplay: in_persona)."""
+    from negalign.evaluation.behaviour import behaviour_judge as make
+
+    return make(preset)
+
+
+def eval_model(out: Path, name: str, spec: str, preset: str) -> dict:
+    """evaluate_model's demo evaluation (harm, over-refusal, perplexity, held-out shifts) plus the preset's
+    own held-out evaluation: persona-wrapped harmful requests (safety) or evaluate_behaviour."""
+    from negalign.evaluation.evaluate import evaluate_model, seed_caches
     from negalign.recipes.demo import DEMO_EVAL
 
     ev = out / name / "eval"
@@ -102,11 +132,15 @@ def eval_model(out: Path, name: str, spec: str, judge_holder: dict) -> dict:
             seed_caches(out / "base" / "eval", ev)   # the base model is every run's reference
         evaluate_model(spec, reference_spec="default", out_dir=ev, log=log, **DEMO_EVAL)
         log(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s")
-    if not (ev / "persona.json").exists() and "judge" not in judge_holder:
-        judge_holder["judge"] = make_judge("default")
-    persona = eval_persona(spec, ev, judge_holder.get("judge"))
     metrics = json.loads((ev / "eval.json").read_text())["metrics"]
-    return {**metrics, **{k: v for k, v in persona.items() if k != "replies"}}
+    if preset == "safety":
+        persona = eval_persona(spec, ev, judge)
+        return {**metrics, **{k: v for k, v in persona.items() if k != "replies"}}
+    from negalign.evaluation.behaviour import evaluate_behaviour
+
+    path = ev / f"{preset}.json"
+    got = evaluate_behaviour(spec, preset, ev, judge=None if path.exists() else behaviour_judge(preset), log=log)
+    return {**metrics, **got["metrics"]}
 
 
 def teacher_tokens(rows: list[dict]) -> dict[str, int]:
@@ -119,22 +153,38 @@ def teacher_tokens(rows: list[dict]) -> dict[str, int]:
     return {f: sum(len(tok(r.get(f) or "")["input_ids"]) for r in rows) for f in ("original", "critique", "revision")}
 
 
-def best_baseline(results: dict, base: dict) -> str | None:
-    """The baseline (seed 0) with the lowest judged harm, plain and persona together, among those whose
-    over-refusal rose at most 10 points; None when none qualifies."""
+# what each preset trains away: the rates that pick the best baseline (lower = better)
+TARGETS = {"safety": ("judge_harmful_rate", "persona_judge_harmful_rate"), "sycophancy": ("sycophancy_agree_rate",),
+           "roleplay": ("persona_rate",)}
+
+
+def best_baseline(results: dict, base: dict, preset: str) -> str | None:
+    """The baseline (seed 0) with the lowest sum of the preset's target rates (safety: judged harm, plain
+    and persona) among those whose over-refusal rose at most 10 points; when none did, the one with the
+    lowest target rates plus over-refusal rise. None when no baseline was run."""
     def harm(m):
-        return m["judge_harmful_rate"]["value"] + m["persona_judge_harmful_rate"]["value"]
+        return sum(m[k]["value"] for k in TARGETS[preset])
 
-    ok = [v for v in VARIANTS if v != "rdpo" and f"{v}_s0" in results
-          and results[f"{v}_s0"]["overrefusal_rate"]["value"] - base["overrefusal_rate"]["value"] <= MAX_OVERREFUSAL_RISE]
-    return min(ok, key=lambda v: harm(results[f"{v}_s0"]), default=None)
+    def rise(m):
+        return m["overrefusal_rate"]["value"] - base["overrefusal_rate"]["value"]
+
+    ran = [v for v in BASELINES if f"{v}_s0" in results]
+    ok = [v for v in ran if rise(results[f"{v}_s0"]) <= MAX_OVERREFUSAL_RISE]
+    if ok:
+        return min(ok, key=lambda v: harm(results[f"{v}_s0"]))
+    return min(ran, key=lambda v: harm(results[f"{v}_s0"]) + rise(results[f"{v}_s0"]), default=None)
 
 
-COLS = [("judge_harmful_rate", "judged harmful, plain"), ("persona_judge_harmful_rate", "judged harmful, persona"),
-        ("refusal_rate", "refusal, plain"), ("persona_refusal_rate", "refusal, persona"),
-        ("overrefusal_rate", "over-refusal"), ("benign_perplexity", "benign ppl"),
-        ("negative_logprob_shift_per_token", "held-out harmful shift"),
-        ("positive_logprob_shift_per_token", "held-out safe shift")]
+COMMON = [("overrefusal_rate", "over-refusal"), ("benign_perplexity", "benign ppl"),
+          ("negative_logprob_shift_per_token", "held-out harmful shift"),
+          ("positive_logprob_shift_per_token", "held-out safe shift")]
+COLS = {"safety": [("judge_harmful_rate", "judged harmful, plain"),
+                   ("persona_judge_harmful_rate", "judged harmful, persona"),
+                   ("refusal_rate", "refusal, plain"), ("persona_refusal_rate", "refusal, persona")] + COMMON,
+        "sycophancy": [("sycophancy_agree_rate", "agrees with a false claim, pressured"),
+                       ("neutral_agree_rate", "agrees, asked neutrally"), ("stance_flip_rate", "stance flips"),
+                       ("judge_harmful_rate", "judged harmful")] + COMMON,
+        "roleplay": [("persona_rate", "plays the persona"), ("judge_harmful_rate", "judged harmful")] + COMMON}
 
 
 def fmt(m: dict | None, key: str) -> str:
@@ -143,39 +193,44 @@ def fmt(m: dict | None, key: str) -> str:
     if v is None:
         return "n/a"
     if key.endswith("rate"):
-        return f"{v:.1%} [{lo:.1%}, {hi:.1%}]"
+        return f"{v:.1%} [{lo:.1%}, {hi:.1%}]" if lo is not None else f"{v:.1%}"
     f = "{:.2f}" if "perplexity" in key else "{:+.3f}"
     return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]" if lo is not None else f.format(v)
 
 
-def table(results: dict) -> list[str]:
-    lines = ["| model | " + " | ".join(c for _, c in COLS) + " |", "|---" * (len(COLS) + 1) + "|"]
+def table(results: dict, preset: str) -> list[str]:
+    cols = COLS[preset]
+    lines = ["| model | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(m, k) for k, _ in COLS) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(m, k) for k, _ in cols) + " |")
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_rdpo")
+    p.add_argument("--preset", default="safety", choices=sorted(TARGETS))
     p.add_argument("--prompts", type=int, default=None, help="the first N critique prompts (default: all 251)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--more-seeds", type=int, nargs="*", default=[1, 2],
                    help="extra seeds for rdpo and the best baseline")
     p.add_argument("--deadline", default=None, help="HH:MM: start no new training or evaluation after it")
     a = p.parse_args()
 
     from negalign.base.io import write_json, write_text
-    from negalign.recipes.rdpo import make_pairs, stage_critique, stage_pairs, stage_train
+    from negalign.recipes.rdpo import make_pairs, scorer_spec, stage_critique, stage_pairs, stage_train
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
 
     def settings(v: str, seed: int):
-        return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts)
+        return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts, preset=a.preset)
+
+    if a.preset != "safety" and "rdpo-clf" in a.variants:
+        p.error("rdpo-clf (labels from the harm classifier) is a safety variant")
 
     t = time.perf_counter()
     rows = stage_critique(settings("rdpo", 0), log=log)
@@ -183,44 +238,50 @@ def main() -> None:
     t = time.perf_counter()
     pairs, stats = stage_pairs(settings("rdpo", 0), rows, log=log)
     times["scoring_s"] = time.perf_counter() - t
+    pair_sets = {PAIR_SCORER: (pairs, stats)}
+    for scorer in {VARIANTS[v][1] for v in a.variants} - {PAIR_SCORER}:
+        name = next(v for v in VARIANTS if VARIANTS[v][1] == scorer)
+        pair_sets[scorer] = stage_pairs(settings(name, 0), rows, log=log)
     _, _, filt = make_pairs(
         [{"id": x["id"], "prompt": x["prompt"], "original": x["rejected"], "revision": x["chosen"]} for x in pairs],
         [x["score_rejected"] for x in pairs], [x["score_chosen"] for x in pairs], tau=TAU, filter_not_better=True)
 
-    judge_holder: dict = {}
     results: dict[str, dict] = {}
-    reference = None
+    references: dict[str, object] = {}   # per pair set: every variant on the same pairs shares one
 
     def run(v: str, seed: int) -> None:
-        nonlocal reference
         name = f"{v}_s{seed}"
         if past(a.deadline) and not (out / name / "eval" / "persona.json").exists():
             log(f"{name}: skipped, past the deadline")
             return
         t0 = time.perf_counter()
-        model_dir, ref = stage_train(settings(v, seed), pairs, reference=reference, log=log)
-        reference = reference or ref
+        scorer = VARIANTS[v][1]
+        model_dir, ref = stage_train(settings(v, seed), pair_sets[scorer][0], reference=references.get(scorer),
+                                     log=log)
+        references[scorer] = references.get(scorer) or ref
         times[f"train_{name}_s"] = round(time.perf_counter() - t0, 1)
-        results[name] = eval_model(out, name, str(model_dir), judge_holder)
+        results[name] = eval_model(out, name, str(model_dir), a.preset)
 
-    results["base"] = eval_model(out, "base", "default", judge_holder)
+    results["base"] = eval_model(out, "base", "default", a.preset)
     for v in a.variants:
         run(v, 0)
-    best = best_baseline(results, results["base"])
+    best = best_baseline(results, results["base"], a.preset)
     log(f"best baseline: {best}")
     for seed in a.more_seeds:
         for v in ("rdpo", best):
             if v:
                 run(v, seed)
 
-    report = {"teacher": TEACHER, "pair_scorer": PAIR_SCORER, "args": vars(a), "pair_stats": stats.__dict__,
+    report = {"teacher": TEACHER, "pair_scorer": scorer_spec(settings("rdpo", 0))[0], "args": vars(a), "pair_stats": stats.__dict__,
+              "other_pair_stats": {k: st.__dict__ for k, (_, st) in pair_sets.items() if k != PAIR_SCORER},
               "teacher_tokens": teacher_tokens(rows),
               "filter_would_keep": filt.kept, "best_baseline": best, "results": results, "times": times,
               "date": time.strftime("%Y-%m-%d %H:%M")}
     write_json(out / "results.json", report)
-    lines = [f"teacher {TEACHER}; pairs scored by {PAIR_SCORER}: {stats.summary()}",
+    lines = [f"preset {a.preset}; teacher {TEACHER}; pairs scored by {report['pair_scorer']}: {stats.summary()}",
              f"with the 'revision must score higher' filter: {filt.kept}/{len(pairs)} kept",
-             f"best baseline (lowest judged harm, over-refusal within +10 points): {best}", ""] + table(results)
+             f"best baseline (lowest {' + '.join(TARGETS[a.preset])}, over-refusal within +10 points): {best}",
+             ""] + table(results, a.preset)
     write_text(out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

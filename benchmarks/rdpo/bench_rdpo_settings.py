@@ -5,27 +5,40 @@ from __future__ import annotations
 from pathlib import Path
 
 TEACHER = "qwen2.5-coder-1.5b"
-PAIR_SCORER = "judge"        # the offline Qwen2.5-Coder-1.5B verdict judge, P(harmful): lower = better
+PAIR_SCORER = None           # the preset's pair scorer, PAIR_SCORERS below; lower = better
+# safety: the preset's default (rdpo.PRESET_SCORERS), the offline Qwen2.5-Coder-1.5B judge, P(harmful);
+# the others: the same judge asked the behaviour evaluation's rubric, P(Yes). It reads the user's whole
+# message where the evaluation gives it the claim or persona alone (benchmarks/scorers/README.md).
+PAIR_SCORERS = {"safety": None, "sycophancy": {"type": "judge", "rubric": "agrees_claim", "probe": "none"},
+                "roleplay": {"type": "judge", "rubric": "in_persona", "probe": "none"}}
 TAU = 0.1
 # answer and revision, critique: the teacher's budget; replies are cut there, so train on as much
 ANSWER_TOKENS, CRITIQUE_TOKENS = 80, 48
 TEACHER_BATCH = 32
 
 
-def settings_for(out, variant: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None):
+# the bench's variants: name -> (rdpo.variant, the scorer that labels its pairs). rdpo-clf is rDPO with its
+# labels from the MiniLM harm classifier, so that the judge that rates the replies did not make its labels.
+VARIANTS = {"rdpo": ("rdpo", PAIR_SCORER), "rdpo-clf": ("rdpo", "harm_classifier"), "dpo": ("dpo", PAIR_SCORER),
+            "cdpo": ("cdpo", PAIR_SCORER), "sft": ("sft", PAIR_SCORER)}
+
+
+def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
+                 preset: str = "safety"):
     from negalign.recipes.rdpo import rdpo_settings_from_dict
 
     out = Path(out)
+    variant, scorer = VARIANTS[name]
     return rdpo_settings_from_dict({
-        "run_dir": str(out / f"{variant}_s{seed}"),
+        "run_dir": str(out / f"{name}_s{seed}"),
         "model": {"name": "default"},
         "data": {"max_prompt_tokens": 256, "max_response_tokens": ANSWER_TOKENS + 8},
         "train": {"tau": TAU, "epochs": epochs, "groups_per_step": 8, "micro_groups": 4, "lr": lr, "seed": seed,
                   "beta": 0.1, "precision": "bf16", "save_every": 0, "warmup_ratio": 0.1},
-        "critique": {"preset": "safety", "limit": prompts, "teacher": {"backend": "transformers", "model": TEACHER,
+        "critique": {"preset": preset, "limit": prompts, "teacher": {"backend": "transformers", "model": TEACHER,
                                                      "batch_size": TEACHER_BATCH},
                      "max_new_tokens": ANSWER_TOKENS, "critique_max_new_tokens": CRITIQUE_TOKENS,
                      "prompts_per_write": TEACHER_BATCH, "precision": "bf16",
                      "output": str((out / "critique.jsonl").resolve())},
-        "rdpo": {"variant": variant, "scorer": PAIR_SCORER, "filter_not_better": False, "cdpo_epsilon": 0.1},
+        "rdpo": {"variant": variant, "scorer": PAIR_SCORERS[preset] if scorer is PAIR_SCORER else scorer, "filter_not_better": False, "cdpo_epsilon": 0.1},
     })
