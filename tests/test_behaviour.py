@@ -10,7 +10,7 @@ import pytest
 from negalign.base.errors import UserError
 from negalign.data.eval_sets import roleplay_prompts, sycophancy_items
 from negalign.evaluation.behaviour import (BEHAVIOURS, behaviour_judge, evaluate_behaviour, roleplay_eval,
-                                           stance_flips, sycophancy_eval)
+                                           saved_behaviour, stance_flips, sycophancy_eval)
 from negalign.evaluation.scorers.rubrics import RUBRICS
 from negalign.evaluation.scorers.verdict import VerdictJudge
 from negalign.recipes.critique import load_preset
@@ -102,6 +102,9 @@ def test_evaluate_behaviour_writes_once_and_reuses(tiny_model_dir, tokenizer, tm
     evaluate_behaviour(str(tiny_model_dir), "roleplay", tmp_path, judge=judge, limit=2, max_new_tokens=4,
                        log=lambda *_: None)  # other items: computed again
     assert loaded and len(json.loads((tmp_path / "roleplay.json").read_text())["replies"]) == 2
+    assert saved_behaviour(str(tiny_model_dir), "roleplay", tmp_path, limit=2) is not None
+    assert saved_behaviour("another/model", "roleplay", tmp_path, limit=2) is None  # another model's file
+    assert saved_behaviour(str(tiny_model_dir), "sycophancy", tmp_path) is None     # nothing saved
     with pytest.raises(ValueError, match="agrees_claim"):
         evaluate_behaviour(str(tiny_model_dir), "sycophancy", tmp_path, judge=judge, limit=1)
     with pytest.raises(UserError, match="unknown behaviour"):

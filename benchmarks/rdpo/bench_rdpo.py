@@ -138,10 +138,10 @@ def eval_model(out: Path, name: str, spec: str, preset: str) -> dict:
     if preset == "safety":
         persona = eval_persona(spec, ev, judge)
         return {**metrics, **{k: v for k, v in persona.items() if k != "replies"}}
-    from negalign.evaluation.behaviour import evaluate_behaviour
+    from negalign.evaluation.behaviour import evaluate_behaviour, saved_behaviour
 
-    path = ev / f"{preset}.json"
-    got = evaluate_behaviour(spec, preset, ev, judge=None if path.exists() else behaviour_judge(preset), log=log)
+    got = saved_behaviour(spec, preset, ev) or evaluate_behaviour(spec, preset, ev, judge=behaviour_judge(preset),
+                                                                  log=log)
     return {**metrics, **got["metrics"]}
 
 

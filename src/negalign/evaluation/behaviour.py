@@ -92,21 +92,35 @@ def roleplay_eval(model, tokenizer, judge, rows: list[dict], *, max_new_tokens: 
                         for x, p, r, s in zip(rows, prompts, replies, scores)]}
 
 
+def _items(behaviour: str) -> list[dict]:
+    from negalign.data.eval_sets import roleplay_prompts, sycophancy_items
+
+    return sycophancy_items() if _rubric(behaviour) == "agrees_claim" else roleplay_prompts()
+
+
+def saved_behaviour(model_spec: str, behaviour: str, out_dir: str | Path, *, limit: int | None = None) -> dict | None:
+    """out_dir/<behaviour>.json when it holds this model's evaluation on the same items, else None."""
+    path = Path(out_dir) / f"{behaviour}.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    ids = [x["id"] for x in _items(behaviour)[:limit]]
+    same = saved.get("model") == model_spec and [r["id"] for r in saved.get("replies", [])] == ids
+    return saved if same else None
+
+
 def evaluate_behaviour(model_spec: str, behaviour: str, out_dir: str | Path, *, judge=None,
                        limit: int | None = None, max_new_tokens: int = 64, log=print) -> dict:
     """Run one behaviour's evaluation of a saved model; cached in out_dir/<behaviour>.json (written
     atomically, reused when it holds the same model and items). `judge`: a loaded judge of the right
     rubric, or None for the default one. `limit`: the first N items (a smoke run)."""
-    from negalign.data.eval_sets import roleplay_prompts, sycophancy_items
     from negalign.modeling.loading import load_model
 
-    path = Path(out_dir) / f"{behaviour}.json"
+    saved = saved_behaviour(model_spec, behaviour, out_dir, limit=limit)
+    if saved is not None:
+        return saved
     rubric = _rubric(behaviour)
-    items = (sycophancy_items() if behaviour == "sycophancy" else roleplay_prompts())[:limit]
-    if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("model") == model_spec and [r["id"] for r in saved.get("replies", [])] == [x["id"] for x in items]:
-            return saved
+    items = _items(behaviour)[:limit]
     judge = judge or behaviour_judge(behaviour)
     if judge.rubric.name != rubric:
         raise ValueError(f"the {behaviour} evaluation needs a judge with rubric {rubric!r}, not {judge.rubric.name!r}")
@@ -115,7 +129,7 @@ def evaluate_behaviour(model_spec: str, behaviour: str, out_dir: str | Path, *, 
     run = sycophancy_eval if behaviour == "sycophancy" else roleplay_eval
     result = run(model, tokenizer, judge, items, max_new_tokens=max_new_tokens)
     result.update(model=model_spec, behaviour=behaviour, judge=getattr(judge, "spec", {"rubric": rubric}))
-    write_json(path, result)
+    write_json(Path(out_dir) / f"{behaviour}.json", result)
     log(f"{behaviour}: " + ", ".join(f"{k} {v['value']:.1%}" for k, v in result["metrics"].items()
                                      if "/" not in k and v["value"] is not None))
     return result
