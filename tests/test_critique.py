@@ -73,6 +73,18 @@ def test_bundled_presets_render(tokenizer):
     assert len({p.meta["wrapper"] for p in build_prompts(load_preset("safety"), limit=12)}) == 6
 
 
+def test_every_wrapper_gives_each_item_every_wrapper_spread_first(tmp_path):
+    sets = [{"name": "s", "wrappers": ["A: {request}", "B: {request}"], "items": ["q1", "q2", "q3"],
+             "every_wrapper": True}]
+    preset = load_preset(_preset_file(tmp_path, [], prompt_sets=sets))
+    texts = [p.prompt[0]["content"] for p in build_prompts(preset)]
+    assert texts == ["A: q1", "B: q2", "A: q3", "B: q1", "A: q2", "B: q3"]  # each request once, then again
+    assert len(build_prompts(load_preset("sycophancy"))) == (16 + 12) * 3
+    assert len(build_prompts(load_preset("roleplay"))) == 18 * 6
+    with pytest.raises(UserError, match="every_wrapper"):
+        load_preset(_preset_file(tmp_path, [], prompt_sets=[dict(sets[0], every_wrapper="yes")]))
+
+
 def test_template_checks_and_overrides(tmp_path):
     with pytest.raises(UserError, match=r"unknown placeholder \{reqest\}"):
         check_template("hi {reqest}", {"request"}, where="f.yaml", key="wrappers[0]")

@@ -30,7 +30,7 @@ reads the user's whole message, where the evaluation gives it the claim or perso
 and every model also evaluated by evaluate_behaviour on the held-out sets (40 false claims asked
 neutrally and under pressure; 12 requests in 6 persona injections): agreement, stance-flip and persona
 rates. The same judge model labels and rates, on prompts the pairs never saw; use a separate --out per
-preset. Not run yet: the presets make only 28 and 18 training prompts.
+preset. Not run yet (the presets make 84 and 108 training prompts from 28 and 18 requests).
 
 Every stage is cached in --out, so a rerun resumes; --deadline HH:MM starts no new training or
 evaluation after that time. Writes --out/results.json and --out/results.md.

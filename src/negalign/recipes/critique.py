@@ -51,11 +51,13 @@ OK, SKIPPED, ERROR = "ok", "skipped", "error"
 
 @dataclass
 class PromptSet:
-    """Requests and the templates that wrap them; request i gets wrapper (i mod len(wrappers))."""
+    """Requests and the templates that wrap them; request i gets wrapper (i mod len(wrappers)), or
+    every wrapper when `every_wrapper` (a short hand-written list then makes len(items) x len(wrappers))."""
     name: str
     wrappers: list[str]
     items: list[str] = field(default_factory=list)
     source: str | None = None   # pyrit | strongreject | strongreject-small | advbench | a .txt/.jsonl file
+    every_wrapper: bool = False
 
 
 @dataclass
@@ -144,9 +146,12 @@ def _prompt_set(raw: Any, i: int, where: str) -> PromptSet:
     key = f"prompt_sets[{i}]"
     if not isinstance(raw, dict):
         raise UserError("must be a mapping with wrappers and items or a source", path=where, field=key)
-    unknown = sorted(set(raw) - {"name", "wrappers", "items", "source"})
+    unknown = sorted(set(raw) - {"name", "wrappers", "items", "source", "every_wrapper"})
     if unknown:
-        raise UserError("unknown key (known: items, name, source, wrappers)", path=where, field=f"{key}.{unknown[0]}")
+        raise UserError("unknown key (known: every_wrapper, items, name, source, wrappers)", path=where,
+                        field=f"{key}.{unknown[0]}")
+    if not isinstance(raw.get("every_wrapper", False), bool):
+        raise UserError("must be true or false", path=where, field=f"{key}.every_wrapper")
     wrappers = raw.get("wrappers") or ["{request}"]
     if not isinstance(wrappers, list):
         raise UserError("must be a list of templates", path=where, field=f"{key}.wrappers")
@@ -161,7 +166,7 @@ def _prompt_set(raw: Any, i: int, where: str) -> PromptSet:
     if not items and not source:
         raise UserError("needs items or a source", path=where, field=key)
     return PromptSet(name=str(raw.get("name") or source or f"set{i}"), wrappers=wrappers, items=list(items),
-                     source=None if source is None else str(source))
+                     source=None if source is None else str(source), every_wrapper=raw.get("every_wrapper", False))
 
 
 def source_requests(source: str) -> list[str]:
@@ -214,9 +219,13 @@ def build_prompts(preset: CritiquePreset, *, limit: int | None = None,
     for s in preset.prompt_sets:
         requests = list(s.items) + (source_requests(s.source) if s.source else [])
         rows = []
-        for i, req in enumerate(r for r in requests if r not in exclude):
-            w = i % len(s.wrappers)
-            rows.append((s.name, i, w, render(s.wrappers[w], request=req.strip()), req))
+        kept = [r for r in requests if r not in exclude]
+        # pass k gives request i wrapper (i + k) mod W: the first pass is the one-wrapper-each order, so a
+        # limit still spreads over the requests before any of them comes back in another wrapper
+        for k in range(len(s.wrappers) if s.every_wrapper else 1):
+            for i, req in enumerate(kept):
+                w = (i + k) % len(s.wrappers)
+                rows.append((s.name, i, w, render(s.wrappers[w], request=req.strip()), req))
         per_set.append(rows)
     out, seen = [], set()
     for k in range(max((len(r) for r in per_set), default=0)):
