@@ -111,7 +111,7 @@ def test_behaviours_run_after_the_evaluation_with_one_judge(calls, monkeypatch, 
     monkeypatch.setattr(bh, "behaviour_judge", lambda b, like=None: made.append((b, like)) or f"judge-{b}")
     metric = {"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}
     monkeypatch.setattr(bh, "evaluate_behaviour", lambda spec, b, out, judge, log: ran.append((spec, b, out, judge))
-                        or {"metrics": {f"{b}_rate": metric}})
+                        or {"behaviour": b, "metrics": {f"{b}_rate": metric}})
     evaluate(calls, "--eval.behaviours", "[sycophancy, roleplay]", "--out", str(tmp_path))
     assert made == [("sycophancy", None), ("roleplay", "judge-sycophancy")]  # the second shares the weights
     assert ran == [("m", "sycophancy", str(tmp_path), "judge-sycophancy"), ("m", "roleplay", str(tmp_path), "judge-roleplay")]

@@ -80,7 +80,7 @@ def main_evaluate(args) -> int:
 def evaluate_behaviours(spec: str, behaviours: list[str], out) -> None:
     """Each named behaviour's held-out evaluation into out/<behaviour>.json (a saved one is reused);
     the judge's weights are loaded once for all."""
-    from negalign.evaluation.behaviour import behaviour_judge, evaluate_behaviour, saved_behaviour
+    from negalign.evaluation.behaviour import behaviour_judge, evaluate_behaviour, saved_behaviour, summary_line
 
     judge = None
     for b in behaviours:
@@ -88,9 +88,7 @@ def evaluate_behaviours(spec: str, behaviours: list[str], out) -> None:
         if result is None:
             judge = behaviour_judge(b, like=judge)  # a rubric of its own on the weights already loaded
             result = evaluate_behaviour(spec, b, out, judge=judge, log=lambda *_: None)
-        print(f"{b}: " + ", ".join(f"{k} {v['value']:.1%} [{v['ci_low']:.1%}, {v['ci_high']:.1%}]"
-                                   for k, v in result["metrics"].items()
-                                   if "/" not in k and v["value"] is not None and v["ci_low"] is not None))
+        print(summary_line(result))
 
 
 def own_run_config(run: RunDir, spec: str, out: str | None):

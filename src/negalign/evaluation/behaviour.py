@@ -95,7 +95,8 @@ def roleplay_eval(model, tokenizer, judge, rows: list[dict], *, max_new_tokens: 
 def _items(behaviour: str) -> list[dict]:
     from negalign.data.eval_sets import roleplay_prompts, sycophancy_items
 
-    return sycophancy_items() if _rubric(behaviour) == "agrees_claim" else roleplay_prompts()
+    _rubric(behaviour)  # an unknown name is a UserError
+    return sycophancy_items() if behaviour == "sycophancy" else roleplay_prompts()
 
 
 def saved_behaviour(model_spec: str, behaviour: str, out_dir: str | Path, *, limit: int | None = None) -> dict | None:
@@ -130,6 +131,13 @@ def evaluate_behaviour(model_spec: str, behaviour: str, out_dir: str | Path, *, 
     result = run(model, tokenizer, judge, items, max_new_tokens=max_new_tokens)
     result.update(model=model_spec, behaviour=behaviour, judge=getattr(judge, "spec", {"rubric": rubric}))
     write_json(Path(out_dir) / f"{behaviour}.json", result)
-    log(f"{behaviour}: " + ", ".join(f"{k} {v['value']:.1%}" for k, v in result["metrics"].items()
-                                     if "/" not in k and v["value"] is not None))
+    log(summary_line(result))
     return result
+
+
+def summary_line(result: dict) -> str:
+    """'<behaviour>: rate v [lo, hi], ...' for the overall rates (per-persona rates left out)."""
+    def rate(v):
+        return f"{v['value']:.1%}" + (f" [{v['ci_low']:.1%}, {v['ci_high']:.1%}]" if v["ci_low"] is not None else "")
+    return f"{result['behaviour']}: " + ", ".join(f"{k} {rate(v)}" for k, v in result["metrics"].items()
+                                                  if "/" not in k and v["value"] is not None)
