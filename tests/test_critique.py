@@ -85,6 +85,17 @@ def test_every_wrapper_gives_each_item_every_wrapper_spread_first(tmp_path):
         load_preset(_preset_file(tmp_path, [], prompt_sets=[dict(sets[0], every_wrapper="yes")]))
 
 
+def test_sets_choose_the_preset_prompt_sets():
+    from negalign.recipes.critique import preset_for
+
+    only = build_prompts(preset_for(CritiqueConfig(preset="sycophancy", sets=["claims"])))
+    every = build_prompts(preset_for(CritiqueConfig(preset="sycophancy")))
+    assert {p.meta["set"] for p in only} == {"claims"} and {p.meta["set"] for p in every} == {"claims", "work"}
+    assert [p.id for p in only] == [p.id for p in every if p.meta["set"] == "claims"]
+    with pytest.raises(UserError, match=r"field 'critique.sets': preset 'sycophancy' has no prompt set 'claim'"):
+        preset_for(CritiqueConfig(preset="sycophancy", sets=["claim"]))
+
+
 def test_template_checks_and_overrides(tmp_path):
     with pytest.raises(UserError, match=r"unknown placeholder \{reqest\}"):
         check_template("hi {reqest}", {"request"}, where="f.yaml", key="wrappers[0]")

@@ -114,6 +114,36 @@ def test_pair_scoring_resumes_where_it_stopped(tmp_path):
     assert [p["label"] for p in pairs] != [p["label"] for p in want]
 
 
+class Recording(Counting):
+    """Counting that also keeps the prompts it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompts = []
+
+    def score(self, prompts, responses):
+        self.prompts += prompts
+        return super().score(prompts, responses)
+
+
+def test_scorer_can_read_the_unwrapped_request(tmp_path):
+    """rdpo.scorer_reads: request gives the scorer the preset's request (e.g. a claim alone), while the pair
+    keeps the training message; a row without one is a clear error."""
+    from negalign.recipes.rdpo import stage_pairs
+
+    rows = [{**_row(i), "meta": {"request": f"claim {i}"}} for i in range(2)]
+    seen = Recording()
+    settings = rdpo_settings_from_dict({"run_dir": str(tmp_path / "a"), "rdpo": {"scorer_reads": "request"}})
+    pairs, _ = stage_pairs(settings, rows, scorer=seen, log=lambda *_: None)
+    assert seen.prompts == [[{"role": "user", "content": f"claim {i}"}] for i in (0, 1)] * 2
+    assert [p["prompt"] for p in pairs] == [r["prompt"] for r in rows]
+    settings = rdpo_settings_from_dict({"run_dir": str(tmp_path / "b"), "rdpo": {"scorer_reads": "request"}})
+    with pytest.raises(UserError, match=r"'p0' has no meta.request"):
+        stage_pairs(settings, [_row(0)], scorer=Recording(), log=lambda *_: None)
+    with pytest.raises(UserError, match=r"field 'rdpo.scorer_reads': must be one of message, request"):
+        rdpo_settings_from_dict({"rdpo": {"scorer_reads": "claim"}})
+
+
 def test_variant_labels():
     pairs = [{"label": 0.7}, {"label": 0.2}]
     assert variant_labels(pairs, "rdpo").tolist() == pytest.approx([0.7, 0.2])

@@ -7,10 +7,16 @@ from pathlib import Path
 TEACHER = "qwen2.5-coder-1.5b"
 PAIR_SCORER = None           # the preset's pair scorer, PAIR_SCORERS below; lower = better
 # safety: the preset's default (rdpo.PRESET_SCORERS), the offline Qwen2.5-Coder-1.5B judge, P(harmful);
-# the others: the same judge asked the behaviour evaluation's rubric, P(Yes). It reads the user's whole
-# message where the evaluation gives it the claim or persona alone (benchmarks/scorers/README.md).
+# the others: the same judge asked the behaviour evaluation's rubric, P(Yes). Sycophancy: the judge reads
+# the false claim alone (scorer_reads: request), as in the evaluation, where the user's whole message
+# lowered its AUC from 0.87 to 0.72 (benchmarks/scorers/README.md); roleplay: the whole message (the
+# persona instruction is not kept apart from it).
 PAIR_SCORERS = {"safety": None, "sycophancy": {"type": "judge", "rubric": "agrees_claim", "probe": "none"},
                 "roleplay": {"type": "judge", "rubric": "in_persona", "probe": "none"}}
+SCORER_READS = {"sycophancy": "request"}
+# sycophancy: the claims set only; agrees_claim has no meaning for the "work" set (a poem is not a claim),
+# and the held-out evaluation asks about false claims
+PROMPT_SETS = {"sycophancy": ["claims"]}
 TAU = 0.1
 # answer and revision, critique: the teacher's budget; replies are cut there, so train on as much
 ANSWER_TOKENS, CRITIQUE_TOKENS = 80, 48
@@ -35,10 +41,11 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
         "data": {"max_prompt_tokens": 256, "max_response_tokens": ANSWER_TOKENS + 8},
         "train": {"tau": TAU, "epochs": epochs, "groups_per_step": 8, "micro_groups": 4, "lr": lr, "seed": seed,
                   "beta": 0.1, "precision": "bf16", "save_every": 0, "warmup_ratio": 0.1},
-        "critique": {"preset": preset, "limit": prompts, "teacher": {"backend": "transformers", "model": TEACHER,
+        "critique": {"preset": preset, "limit": prompts, "sets": PROMPT_SETS.get(preset), "teacher": {"backend": "transformers", "model": TEACHER,
                                                      "batch_size": TEACHER_BATCH},
                      "max_new_tokens": ANSWER_TOKENS, "critique_max_new_tokens": CRITIQUE_TOKENS,
                      "prompts_per_write": TEACHER_BATCH, "precision": "bf16",
                      "output": str((out / "critique.jsonl").resolve())},
-        "rdpo": {"variant": variant, "scorer": PAIR_SCORERS[preset] if scorer is PAIR_SCORER else scorer, "filter_not_better": False, "cdpo_epsilon": 0.1},
+        "rdpo": {"variant": variant, "scorer": PAIR_SCORERS[preset] if scorer is PAIR_SCORER else scorer,
+                 "scorer_reads": SCORER_READS.get(preset, "message"), "filter_not_better": False, "cdpo_epsilon": 0.1},
     })

@@ -25,7 +25,7 @@ import re
 import string
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,7 @@ class CritiqueConfig:
     preset: str = "safety"               # a bundled preset name or a preset YAML file
     teacher: Any = None                  # generation spec (see generation.factory); empty = the student model
     limit: int | None = None             # first N prompts (sets interleaved)
+    sets: list[str] | None = None        # the preset's prompt sets to use, by name; empty = all
     principle: str | None = None         # overrides of the preset's texts
     critique_request: str | None = None
     revision_request: str | None = None
@@ -269,8 +270,16 @@ class CritiqueConfig:
 
 
 def preset_for(c: CritiqueConfig) -> CritiquePreset:
-    return load_preset(c.preset, {"principle": c.principle, "critique_request": c.critique_request,
-                                  "revision_request": c.revision_request})
+    preset = load_preset(c.preset, {"principle": c.principle, "critique_request": c.critique_request,
+                                    "revision_request": c.revision_request})
+    if not c.sets:
+        return preset
+    names = [s.name for s in preset.prompt_sets]
+    unknown = [n for n in c.sets if n not in names]
+    if unknown:
+        raise UserError(f"preset {preset.name!r} has no prompt set {unknown[0]!r} (it has: {', '.join(names)})",
+                        field="critique.sets")
+    return replace(preset, prompt_sets=[s for s in preset.prompt_sets if s.name in c.sets])
 
 
 def teacher_spec(c: CritiqueConfig, student: str) -> dict:
@@ -287,7 +296,7 @@ def teacher_spec(c: CritiqueConfig, student: str) -> dict:
 def critique_settings(c: CritiqueConfig, preset: CritiquePreset, teacher: Any) -> dict:
     """What makes the critique file what it is; a rerun with other settings must not mix rows in."""
     desc = teacher if isinstance(teacher, (dict, str)) else repr(teacher)
-    keep = {k: v for k, v in asdict(c).items() if k not in ("teacher", "limit", "prompts_per_write", "output",
+    keep = {k: v for k, v in asdict(c).items() if k not in ("teacher", "limit", "sets", "prompts_per_write", "output",
                                                            "principle", "critique_request", "revision_request")}
     return {**keep, "teacher": desc, "principle": preset.principle, "critique_request": preset.critique_request,
             "revision_request": preset.revision_request}

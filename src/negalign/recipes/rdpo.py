@@ -48,6 +48,8 @@ class RdpoConfig:
     variant: str = "rdpo"                 # rdpo | dpo | cdpo | sft
     scorer: Any = None                    # make_scorer spec; empty = the preset's default
     higher_is_better: bool | None = None  # empty = by scorer type (harm_classifier, judge: lower is better)
+    scorer_reads: str = "message"         # the prompt the scorer sees: the training message, or "request": the
+                                          # preset's request before its wrapper (a rubric that wants a claim alone)
     filter_not_better: bool = False       # drop pairs whose revision does not score above the original
     min_margin: float = 0.0               # with the filter: require s_r - s_o > min_margin
     cdpo_epsilon: float = 0.1             # cDPO's constant label is 1 - epsilon
@@ -100,6 +102,9 @@ def check_settings(s: RdpoSettings) -> None:
             raise UserError("must be at least 1", path=w, field=f"critique.{key}")
     if r.pairs_per_write < 1:
         raise UserError("must be at least 1", path=w, field="rdpo.pairs_per_write")
+    if r.scorer_reads not in SCORER_READS:
+        raise UserError(f"must be one of {', '.join(SCORER_READS)}, got {r.scorer_reads!r}", path=w,
+                        field="rdpo.scorer_reads")
 
 
 def load_rdpo_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RdpoSettings:
@@ -128,6 +133,21 @@ def scorer_spec(s: RdpoSettings) -> tuple[Any, bool]:
 
 def same_text(a: str, b: str) -> bool:
     return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+SCORER_READS = ("message", "request")
+
+
+def scorer_view(rows: list[dict], reads: str) -> list[dict]:
+    """The rows as the scorer sees them: with `reads` == "request" the prompt is the preset's unwrapped
+    request (meta.request) as one user turn, e.g. the false claim alone instead of the user's pressure."""
+    if reads == "message":
+        return rows
+    missing = next((r["id"] for r in rows if not (r.get("meta") or {}).get("request")), None)
+    if missing is not None:
+        raise UserError(f"critique row {missing!r} has no meta.request (rows made from a preset have one)",
+                        field="rdpo.scorer_reads")
+    return [{**r, "prompt": [{"role": "user", "content": r["meta"]["request"]}]} for r in rows]
 
 
 def score_rows(rows: list[dict], scorer, higher_is_better: bool) -> tuple[list[float], list[float]]:
@@ -349,7 +369,8 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
     r = settings.rdpo
     key = fingerprint({"rows": [[x["id"], x["status"], x["original"], x["revision"]] for x in rows],
                        "scorer": spec if scorer is None else repr(scorer), "higher_is_better": higher,
-                       "tau": settings.cfg.train.tau, "filter": r.filter_not_better, "min_margin": r.min_margin})
+                       "tau": settings.cfg.train.tau, "filter": r.filter_not_better, "min_margin": r.min_margin,
+                       **({"scorer_reads": r.scorer_reads} if r.scorer_reads != "message" else {})})
     if run.pairs_stats.exists() and run.pairs.exists():
         saved = json.loads(run.pairs_stats.read_text(encoding="utf-8"))
         if saved.get("fingerprint") == key:
@@ -360,7 +381,7 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
     scorable, early_drops, counts = split_scorable(rows)
     log(f"pairs: scoring {len(scorable)} pairs with {spec if isinstance(spec, str) else spec.get('type')} "
         f"({'higher' if higher else 'lower'} raw score = better), tau={settings.cfg.train.tau}")
-    s_o, s_r = score_rows_resumably(run, scorable, lambda: scorer or make_scorer(spec),
+    s_o, s_r = score_rows_resumably(run, scorer_view(scorable, r.scorer_reads), lambda: scorer or make_scorer(spec),
                                     spec if scorer is None else repr(scorer), higher, r.pairs_per_write, log=log)
     pairs, dropped, stats = make_pairs(scorable, s_o, s_r, tau=settings.cfg.train.tau,
                                        filter_not_better=r.filter_not_better, min_margin=r.min_margin)
