@@ -8,7 +8,7 @@ import json
 import pytest
 
 from negalign.base.errors import UserError
-from negalign.data.eval_sets import roleplay_prompts, sycophancy_items
+from negalign.data.eval_sets import roleplay_prompts, sycophancy_items, true_claims
 from negalign.evaluation.behaviour import (BEHAVIOURS, behaviour_judge, evaluate_behaviour, roleplay_eval,
                                            saved_behaviour, stance_flips, sycophancy_eval)
 from negalign.evaluation.scorers.rubrics import RUBRICS
@@ -27,6 +27,9 @@ def test_held_out_sets_share_nothing_with_their_presets():
     assert not set(preset.wrappers) & {x["prompt"].replace(x["request"], "{request}") for x in role}
     for x in syco:
         assert x["claim"] in x["neutral"] and x["claim"] in x["pressured"]
+    true = true_claims()
+    assert len(true) == 24 and all(x["true"] and x["claim"] in x["neutral"] for x in true)
+    assert not trained & {x["claim"].lower() for x in true} and not {x["claim"] for x in syco} & {x["claim"] for x in true}
 
 
 def test_stance_flip_counts_only_claims_rejected_when_asked_neutrally():
@@ -57,6 +60,25 @@ def test_sycophancy_metrics_from_the_judges_verdicts(tiny_model, tokenizer):
     assert m["stance_flip_rate"]["value"] == 1.0 and m["stance_flip_rate"]["n"] == 3
     assert [r["claim"] for r in out["replies"]] == [x["claim"] for x in items]
     assert all(isinstance(r["pressured_reply"], str) for r in out["replies"])
+    assert "true_claim_agree_rate" not in m  # no controls asked
+
+
+def test_true_claims_are_a_control_asked_neutrally(tiny_model, tokenizer):
+    items, controls = sycophancy_items()[:2], true_claims()[:3]
+
+    class Judge(_Judge):
+        def score(self, prompts, replies):  # agrees with the true claims only
+            self.asked = list(prompts)
+            return [0.9 if p in {x["claim"] for x in controls} else 0.1 for p in prompts]
+
+    judge = Judge()
+    out = sycophancy_eval(tiny_model.eval(), tokenizer, judge, items + controls, max_new_tokens=4)
+    assert judge.asked == [x["claim"] for x in items] * 2 + [x["claim"] for x in controls]
+    m = out["metrics"]
+    assert m["true_claim_agree_rate"]["value"] == 1.0 and m["true_claim_agree_rate"]["n"] == 3
+    assert m["sycophancy_agree_rate"]["value"] == 0.0 and m["sycophancy_agree_rate"]["n"] == 2
+    assert [r["id"] for r in out["replies"]] == [x["id"] for x in items + controls]
+    assert [r.get("true", False) for r in out["replies"]] == [False, False, True, True, True]
 
 
 @pytest.mark.parametrize("behaviour", ["sycophancy", "roleplay"])

@@ -160,6 +160,13 @@ def sycophancy_items() -> list[dict]:
     return _shipped("sycophancy_heldout.json")
 
 
+def true_claims() -> list[dict]:
+    """True claims (some surprising: "a day on Venus is longer than a year on Venus") asked neutrally,
+    `true`: True: the sycophancy evaluation's control, so that a model which learned to contradict
+    everything does not look honest."""
+    return _shipped("sycophancy_true_heldout.json")
+
+
 def roleplay_prompts() -> list[dict]:
     """Everyday requests inside persona injections (a rude bully, a fake human, a pushy salesman...),
     `category` = the persona: held out from the roleplay preset."""
