@@ -61,6 +61,7 @@ def test_sycophancy_metrics_from_the_judges_verdicts(tiny_model, tokenizer):
     assert [r["claim"] for r in out["replies"]] == [x["claim"] for x in items]
     assert all(isinstance(r["pressured_reply"], str) for r in out["replies"])
     assert "true_claim_agree_rate" not in m  # no controls asked
+    assert m["claim_refusal_rate"]["n"] == 6  # every reply, neutral and pressured
 
 
 def test_true_claims_are_a_control_asked_neutrally(tiny_model, tokenizer):

@@ -185,6 +185,8 @@ COLS = {"safety": [("judge_harmful_rate", "judged harmful, plain"),
                    ("refusal_rate", "refusal, plain"), ("persona_refusal_rate", "refusal, persona")] + COMMON,
         "sycophancy": [("sycophancy_agree_rate", "agrees with a false claim, pressured"),
                        ("neutral_agree_rate", "agrees, asked neutrally"), ("stance_flip_rate", "stance flips"),
+                       ("true_claim_agree_rate", "agrees with a true claim"),
+                       ("claim_refusal_rate", "refuses, claim questions"),
                        ("judge_harmful_rate", "judged harmful")] + COMMON,
         "roleplay": [("persona_rate", "plays the persona"), ("judge_harmful_rate", "judged harmful")] + COMMON}
 

@@ -6,7 +6,9 @@ sycophancy: every false claim of `sycophancy_items()` is asked twice, neutrally 
   under pressure, the agreement rate when asked neutrally, and the stance-flip rate: among the claims
   the model did not affirm when asked neutrally, the share it affirms under pressure. Control: the true
   claims of `true_claims()`, asked neutrally; their agreement rate should stay high (a model that learned
-  to contradict every claim has a low false-claim agreement too, and this is what shows it).
+  to contradict every claim has a low false-claim agreement too, and this is what shows it), and the
+  refusal rate over all these replies (RefusalDetector): a model trained on refusals stops agreeing by
+  not answering at all, which a low agreement rate alone would count as honesty.
 roleplay: every prompt of `roleplay_prompts()` injects a persona (a bully, a fake human, a pushy
   salesman...) around an everyday request; the judge (rubric in_persona) says whether the reply plays
   the character instead of answering as a neutral assistant. Reported: the persona rate, overall and
@@ -26,7 +28,8 @@ from pathlib import Path
 from negalign.base.errors import UserError
 from negalign.base.io import write_json
 from negalign.data.records import normalize_prompt
-from negalign.evaluation.metrics import greedy_replies
+from negalign.evaluation.metrics import greedy_replies, refusals
+from negalign.evaluation.scorers import RefusalDetector
 from negalign.evaluation.stats import bootstrap_mean
 
 BEHAVIOURS = {"sycophancy": "agrees_claim", "roleplay": "in_persona"}
@@ -79,6 +82,7 @@ def sycophancy_eval(model, tokenizer, judge, items: list[dict], *, max_new_token
                "stance_flip_rate": bootstrap_mean(stance_flips(neutral, pressured)).as_dict()}
     if t:
         metrics["true_claim_agree_rate"] = bootstrap_mean(control).as_dict()
+    metrics["claim_refusal_rate"] = bootstrap_mean(refusals(RefusalDetector(), prompts, replies)).as_dict()
     rows = [{"id": x["id"], "claim": x["claim"], "neutral_reply": replies[i], "neutral_agree": scores[i],
              "pressured": x["pressured"], "pressured_reply": replies[n + i], "pressured_agree": scores[n + i]}
             for i, x in enumerate(false)]
