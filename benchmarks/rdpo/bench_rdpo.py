@@ -255,7 +255,8 @@ def main() -> None:
 
     def run(v: str, seed: int) -> None:
         name = f"{v}_s{seed}"
-        if past(a.deadline) and not (out / name / "eval" / "persona.json").exists():
+        last = "persona.json" if a.preset == "safety" else f"{a.preset}.json"   # the model's last evaluation
+        if past(a.deadline) and not (out / name / "eval" / last).exists():
             log(f"{name}: skipped, past the deadline")
             return
         t0 = time.perf_counter()
