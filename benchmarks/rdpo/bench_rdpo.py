@@ -25,12 +25,12 @@ The refusal and over-refusal columns (the RefusalDetector), benign perplexity an
 do not involve the judge.
 
 --preset sycophancy / roleplay runs the same stages on that preset's prompts, with pairs labelled by the
-judge asked the behaviour rubric agrees_claim / in_persona (PAIR_SCORERS in bench_rdpo_settings.py; it
-reads the user's whole message, where the evaluation gives it the claim or persona instruction alone),
-and every model also evaluated by evaluate_behaviour on the held-out sets (40 false claims asked
-neutrally and under pressure; 12 requests in 6 persona injections): agreement, stance-flip and persona
-rates. The same judge model labels and rates, on prompts the pairs never saw; use a separate --out per
-preset. Not run yet (the presets make 84 and 108 training prompts from 28 and 18 requests).
+judge asked the behaviour rubric agrees_claim / in_persona (PAIR_SCORERS in bench_rdpo_settings.py;
+sycophancy: the claims set only, and the judge reads the claim alone; roleplay: the whole message), and
+every model also evaluated by evaluate_behaviour on the held-out sets (40 false claims asked neutrally
+and under pressure plus 24 true claims; 12 requests in 6 persona injections): agreement, stance-flip,
+true-claim agreement, refusal and persona rates. The same judge model labels and rates, on prompts the
+pairs never saw; use a separate --out per preset. Sycophancy was run (README); roleplay not yet.
 
 Every stage is cached in --out, so a rerun resumes; --deadline HH:MM starts no new training or
 evaluation after that time. Writes --out/results.json and --out/results.md.
