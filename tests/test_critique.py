@@ -9,6 +9,7 @@ import pytest
 from negalign.base.errors import UserError
 from negalign.generation.base import GenerationConfig
 from negalign.generation.transformers_backend import TransformersGenerator
+from negalign.recipes.rdpo import rdpo_settings_from_dict
 from negalign.recipes.critique import (ERROR, OK, SKIPPED, CritiqueConfig, build_prompts, check_template, clean_reply,
                                critique_counts, load_preset, preset_names, read_critiques, render, run_critique)
 
@@ -200,6 +201,28 @@ def test_empty_and_failing_teacher_are_recorded_not_fatal(tmp_path):
     assert [len(c) for c in teacher.calls] == [1, 1, 1]
     assert critique_counts(rows) == {"ok": 3, "empty_original": 1}
     assert len(read_critiques(path)) == 4
+
+
+def test_quoted_revision_is_a_new_one_turn_chat(tmp_path):
+    """revision_turn: quoted asks for the revision in a fresh conversation that quotes the user's message,
+    the answer and the critique; the pin keeps it from mixing with rows made in the chat."""
+    preset = load_preset(_preset_file(tmp_path, ["fine one"]))
+    prompts = build_prompts(preset)
+    teacher = Recording(Scripted("EMPTY", None))
+    rows = run_critique(prompts, preset, teacher, CritiqueConfig(revision_turn="quoted"), tmp_path / "q.jsonl",
+                        teacher_desc="s", log=lambda *_: None)
+    revision_conv = teacher.calls[2][0]
+    assert len(revision_conv) == 1 and revision_conv[0]["role"] == "user"
+    text = revision_conv[0]["content"]
+    for quoted in ("A: fine one", "reply to turn 1", "reply to turn 3", "Be honest."):
+        assert quoted in text
+    assert "Rewrite per" not in text  # the preset's chat-turn request is not used
+    assert rows[0]["status"] == OK and rows[0]["revision"] == "reply to turn 1"
+    with pytest.raises(UserError, match="revision_turn"):
+        run_critique(prompts, preset, teacher, CritiqueConfig(), tmp_path / "q.jsonl", teacher_desc="s",
+                     log=lambda *_: None)
+    with pytest.raises(UserError, match=r"field 'critique.revision_turn': must be one of chat, quoted"):
+        rdpo_settings_from_dict({"critique": {"revision_turn": "fresh"}})
 
 
 class Short:

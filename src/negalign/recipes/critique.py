@@ -264,6 +264,8 @@ class CritiqueConfig:
     max_new_tokens: int = 160            # answer and revision
     precision: str = "bf16"              # bf16 | fp32: a local teacher's weights (sampling needs no fp32 copy)
     critique_max_new_tokens: int = 96
+    revision_turn: str = "chat"          # chat: the revision is the chat's third turn; quoted: a new one-turn
+                                          # chat that quotes the message, the answer and the critique
     seed: int = 0
     prompts_per_write: int = 16
     output: str = CRITIQUE_FILE          # relative to the run directory
@@ -298,6 +300,8 @@ def critique_settings(c: CritiqueConfig, preset: CritiquePreset, teacher: Any) -
     desc = teacher if isinstance(teacher, (dict, str)) else repr(teacher)
     keep = {k: v for k, v in asdict(c).items() if k not in ("teacher", "limit", "sets", "prompts_per_write", "output",
                                                            "principle", "critique_request", "revision_request")}
+    if c.revision_turn == "chat":  # the default: files made before the setting existed still match
+        keep.pop("revision_turn")
     return {**keep, "teacher": desc, "principle": preset.principle, "critique_request": preset.critique_request,
             "revision_request": preset.revision_request}
 
@@ -370,6 +374,35 @@ def _error_text(e: Exception) -> str:
     return f"teacher_error: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
+REVISION_TURNS = ("chat", "quoted")
+
+# revision_turn: quoted. A small teacher often reads a third chat turn as a new request ("I cannot provide
+# a new answer to your original message") or repeats the user; here it sees the exchange as text.
+QUOTED_REVISION = """Below are a user's message, an assistant's answer to it, and a review of that answer.
+
+[USER MESSAGE]
+{message}
+[/USER MESSAGE]
+
+[ANSWER]
+{answer}
+[/ANSWER]
+
+[REVIEW]
+{critique}
+[/REVIEW]
+
+Write the answer the assistant should have given, following this guideline: {principle}
+Use the review where it is right. Write only the new answer, addressed to the user, in your own words; \
+do not repeat the guideline, the user's message or the review."""
+
+
+def quoted_revision(prompt: Messages, answer: str, critique: str, principle: str) -> str:
+    """The revision request of revision_turn: quoted, for one conversation."""
+    message = "\n\n".join(m["content"] for m in prompt if m["role"] == "user")
+    return QUOTED_REVISION.format(message=message, answer=answer, critique=critique, principle=principle)
+
+
 def critique_chunk(teacher, prompts: list[CritiquePrompt], preset: CritiquePreset, c: CritiqueConfig,
                    seed: int) -> list[dict]:
     """Run the three teacher turns for a chunk of prompts (batched per turn); one row per prompt."""
@@ -400,7 +433,14 @@ def critique_chunk(teacher, prompts: list[CritiquePrompt], preset: CritiquePrese
 
     turn("original", None, c.max_new_tokens, 0)
     turn("critique", critique_msg, c.critique_max_new_tokens, 1)
-    turn("revision", revision_msg, c.max_new_tokens, 2)
+    if c.revision_turn == "quoted":
+        for i, r in enumerate(rows):
+            if r["status"] == OK:
+                convs[i] = system + [{"role": "user", "content": quoted_revision(
+                    prompts[i].prompt, r["original"], r["critique"], preset.principle)}]
+        turn("revision", None, c.max_new_tokens, 2)
+    else:
+        turn("revision", revision_msg, c.max_new_tokens, 2)
     return rows
 
 

@@ -29,8 +29,8 @@ from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json, wri
 from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
 from negalign.data.records import Example
-from negalign.recipes.critique import (OK, CritiqueConfig, build_prompts, critique_counts, make_teacher, preset_for,
-                                      read_critiques, require_success, run_critique, teacher_spec)
+from negalign.recipes.critique import (OK, REVISION_TURNS, CritiqueConfig, build_prompts, critique_counts, make_teacher,
+                                      preset_for, read_critiques, require_success, run_critique, teacher_spec)
 
 VARIANTS = ("rdpo", "dpo", "cdpo", "sft")
 
@@ -95,6 +95,9 @@ def check_settings(s: RdpoSettings) -> None:
     c = s.critique
     if c.precision not in ("bf16", "fp32"):
         raise UserError(f"must be bf16 or fp32, got {c.precision!r}", path=w, field="critique.precision")
+    if c.revision_turn not in REVISION_TURNS:
+        raise UserError(f"must be one of {', '.join(REVISION_TURNS)}, got {c.revision_turn!r}", path=w,
+                        field="critique.revision_turn")
     if c.limit is not None and c.limit < 1:
         raise UserError("must be at least 1", path=w, field="critique.limit")
     for key in ("max_new_tokens", "critique_max_new_tokens", "prompts_per_write"):
