@@ -132,6 +132,7 @@ def test_clean_reply():
     assert clean_reply("Here is the revised answer:\nNo.") == "No."
     assert clean_reply("Revision is a skill.") == "Revision is a skill."
     assert clean_reply("   ") == ""
+    assert clean_reply("[ANSWER] No, it is not. [/ANSWER]") == "No, it is not."
 
 
 @pytest.mark.parametrize("preset_name", ["safety", "sycophancy", "roleplay"])

@@ -327,9 +327,13 @@ _LABEL = re.compile(r"^\s*(?:\*\*)?(?:here(?:'s| is) (?:the |my )?)?(?:revised|r
                     re.IGNORECASE)
 
 
+_TAGS = re.compile(r"\[/?ANSWER\]", re.IGNORECASE)  # the quoted revision's markers, copied back by the teacher
+
+
 def clean_reply(text: str) -> str:
-    """Strip a label a teacher often puts before its revision ("Revised answer:") and wrapping quotes."""
-    text = (text or "").strip()
+    """Strip a label a teacher often puts before its revision ("Revised answer:"), the quoted revision's
+    [ANSWER] markers, and wrapping quotes."""
+    text = _TAGS.sub("", (text or "")).strip()
     text = _LABEL.sub("", text, count=1).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
