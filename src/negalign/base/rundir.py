@@ -136,8 +136,8 @@ class RunDir:
     def check_pinned(meta: Path, settings: dict, pin: Pin, *, error_path: Path | None = None) -> None:
         old = json.loads(meta.read_text(encoding="utf-8"))
         if old.get(pin.key) != fingerprint(settings):
-            saved = old.get("settings", {})
-            changed = sorted(k for k in set(settings) | set(saved) if saved.get(k) != settings.get(k))  # added or dropped too
+            saved = old.get("settings", {})  # a key added or dropped since counts as changed too
+            changed = sorted(k for k in set(settings) | set(saved) if saved.get(k) != settings.get(k))
             raise pin.error(changed, path=error_path or meta)
 
     @staticmethod
