@@ -93,8 +93,8 @@ def test_sets_choose_the_preset_prompt_sets():
     every = build_prompts(preset_for(CritiqueConfig(preset="sycophancy")))
     assert {p.meta["set"] for p in only} == {"claims"} and {p.meta["set"] for p in every} == {"claims", "work"}
     assert [p.id for p in only] == [p.id for p in every if p.meta["set"] == "claims"]
-    with pytest.raises(UserError, match=r"field 'critique.sets': preset 'sycophancy' has no prompt set 'claim'"):
-        preset_for(CritiqueConfig(preset="sycophancy", sets=["claim"]))
+    with pytest.raises(UserError, match=r"c.yaml: field 'critique.sets': preset 'sycophancy' has no prompt set 'claim'"):
+        preset_for(CritiqueConfig(preset="sycophancy", sets=["claim"]), "c.yaml")
 
 
 def test_template_checks_and_overrides(tmp_path):

@@ -271,7 +271,8 @@ class CritiqueConfig:
     output: str = CRITIQUE_FILE          # relative to the run directory
 
 
-def preset_for(c: CritiqueConfig) -> CritiquePreset:
+def preset_for(c: CritiqueConfig, where: str | None = None) -> CritiquePreset:
+    """The configured preset with the config's text overrides and `sets`; `where`: the config file, for errors."""
     preset = load_preset(c.preset, {"principle": c.principle, "critique_request": c.critique_request,
                                     "revision_request": c.revision_request})
     if not c.sets:
@@ -280,7 +281,7 @@ def preset_for(c: CritiqueConfig) -> CritiquePreset:
     unknown = [n for n in c.sets if n not in names]
     if unknown:
         raise UserError(f"preset {preset.name!r} has no prompt set {unknown[0]!r} (it has: {', '.join(names)})",
-                        field="critique.sets")
+                        path=where, field="critique.sets")
     return replace(preset, prompt_sets=[s for s in preset.prompt_sets if s.name in c.sets])
 
 

@@ -336,7 +336,7 @@ def stage_critique(settings: RdpoSettings, *, teacher=None, exclude: set[str] | 
     Raises a UserError when not one prompt succeeded (require_success)."""
     run = prepare(settings)
     c = settings.critique
-    preset = preset_for(c)
+    preset = preset_for(c, settings.where)
     prompts = build_prompts(preset, limit=c.limit, exclude=exclude or set())
     if not prompts:
         raise UserError("the preset yields no prompts", path=preset.where, field="prompt_sets")
