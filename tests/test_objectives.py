@@ -118,6 +118,29 @@ def test_dpo_pairs_uses_label_or_one():
         compute_objective("dpo_pairs", group(), {})
 
 
+def test_dpo_pairs_with_hold_rows():
+    # Rows 0 and 1 are pairs (chosen in slot 0 only); row 2 is a hold group: anchors in slots 0-1, no
+    # rejected response (length 0). Pairs keep the DPO loss with their label; the hold row gets
+    # -log sigmoid(beta * mean anchor ratio), whatever its label says.
+    f = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    mask = torch.tensor([[True, False], [True, False], [True, True]])
+    lp = GroupLogps(policy_anchor=f(PA)[:, :2], ref_anchor=f(RA)[:, :2] - f([[0.0, 0], [0, 0], [1.0, 3.0]]),
+                    anchor_mask=mask, anchor_lengths=torch.tensor(AL)[:, :2], policy_negative=f(PN),
+                    ref_negative=f(RN), negative_lengths=torch.tensor([12, 4, 0]),
+                    label=f([0.7, 1.0, 0.3]))
+    got, m = compute_objective("dpo_pairs", lp, {"beta": 0.5})
+    pair = [-(p * logsig(0.5 * h) + (1 - p) * logsig(-0.5 * h))
+            for p, h in ((0.7, (PA[0][0] - RA[0][0]) - (PN[0] - RN[0])), (1.0, (PA[1][0] - RA[1][0]) - (PN[1] - RN[1])))]
+    hold = -logsig(0.5 * (1.0 + 3.0) / 2)   # policy == RA there, the reference 1 and 3 nats lower
+    assert got.tolist() == pytest.approx(pair + [hold])
+    assert m["rewards/accuracies"] == pytest.approx(1 / 2)   # over the two pairs only
+    assert torch.allclose(losses.hold_loss(lp.policy_anchor, lp.ref_anchor, beta=0.5, anchor_mask=mask)[2:],
+                          torch.tensor([hold], dtype=torch.float64))
+    mask[0, 1] = True   # a pair with two chosen responses is a layout error
+    with pytest.raises(ValueError, match="K = 1"):
+        compute_objective("dpo_pairs", lp, {"beta": 0.5})
+
+
 def test_unknown_method_names_field_and_lists_choices():
     with pytest.raises(UserError) as err:
         compute_objective("d20", group(), {})

@@ -293,3 +293,30 @@ def test_end_to_end_rdpo_on_tiny_model(tiny_model_dir, tmp_path):
     out = run_rdpo({**config, "run_dir": str(sft_run), "rdpo": {"scorer": "refusal", "variant": "sft"}},
                    log=lambda *_: None)
     assert any(out.glob("*.safetensors")) and not (sft_run / "reference.safetensors").exists()
+
+
+@pytest.mark.e2e
+def test_rdpo_with_hold_groups_samples_the_initial_model_and_trains(tiny_model_dir, tmp_path):
+    """data.hold beside the pairs: the initial model answers the benign prompts (hold/anchors.jsonl),
+    the hold groups follow the pairs with K = sample.k, and their rows start at loss log 2."""
+    hold = tmp_path / "hold.txt"
+    hold.write_text("How do I kill a Python process?\nWhat is the history of fireworks?\n")
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"max_prompt_tokens": 128, "max_response_tokens": 32, "hold": str(hold)},
+        "sample": {"k": 2, "max_new_tokens": 6, "precision": "fp32", "backend": "transformers"},
+        "train": {"tau": 0.5, "max_steps": 2, "groups_per_step": 2, "micro_groups": 2, "precision": "fp32",
+                  "lr": 1e-4, "save_every": 0},
+        "critique": {"preset": "roleplay", "limit": 3, "max_new_tokens": 8, "critique_max_new_tokens": 4},
+        "rdpo": {"scorer": "refusal"},
+    }
+    logs = []
+    out = run_rdpo(config, log=logs.append)
+    anchors = [json.loads(line) for line in (tmp_path / "run" / "hold" / "anchors.jsonl").read_text().splitlines()]
+    assert len(anchors) == 2 and all(len(a["anchors"]) == 2 for a in anchors)
+    assert any("2 hold groups" in str(x) for x in logs) and any(out.glob("*.safetensors"))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    # step 1 runs the initial model, which is the reference (scored in bf16): every row, pair or hold, is at log 2
+    assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=0.02)

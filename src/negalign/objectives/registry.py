@@ -94,7 +94,9 @@ DEFAULT_HP: dict[str, Any] = {
 
 
 def _pair_column(logps: GroupLogps, method: str) -> None:
-    if logps.policy_anchor.shape[1] != 1:
+    # K > 1 only when hold groups (anchors, no negative) ride along; a pair has its chosen in slot 0
+    pairs = logps.negative_lengths > 0
+    if logps.policy_anchor.shape[1] != 1 and bool((logps.anchor_mask[pairs, 1:]).any()):
         raise ValueError(f"method {method!r} takes one chosen response per pair (K = 1), "
                          f"got K = {logps.policy_anchor.shape[1]}")
 
@@ -146,8 +148,14 @@ def _kto_negatives(lp: GroupLogps, hp: dict) -> Tensor:
 def _dpo_pairs(lp: GroupLogps, hp: dict) -> Tensor:
     _pair_column(lp, "dpo_pairs")
     label = 1.0 if lp.label is None else lp.label
-    return losses.dpo_loss(lp.policy_anchor[:, 0], lp.ref_anchor[:, 0], lp.policy_negative, lp.ref_negative,
+    loss = losses.dpo_loss(lp.policy_anchor[:, 0], lp.ref_anchor[:, 0], lp.policy_negative, lp.ref_negative,
                            beta=hp["beta"], label=label)
+    pairs = lp.negative_lengths > 0
+    if bool(pairs.all()):
+        return loss
+    # hold groups (data.hold): no rejected response, so the pair loss is replaced by the hold term
+    held = losses.hold_loss(lp.policy_anchor, lp.ref_anchor, beta=hp["beta"], anchor_mask=lp.anchor_mask)
+    return torch.where(pairs.to(loss.device), loss, held)
 
 
 def _ipo_pairs(lp: GroupLogps, hp: dict) -> Tensor:
@@ -171,7 +179,8 @@ OBJECTIVES: dict[str, Objective] = {
     "sft_anchors": Objective(False, True, _sft_anchors, "beta", "self-align SFT on the anchors"),
     "kto_negatives": Objective(True, False, _kto_negatives, "beta", "KTO with only undesirable examples"),
     "dpo_pairs": Objective(True, True, _dpo_pairs, "beta",
-                           "DPO on (chosen, rejected) pairs; soft label if given (rDPO), else 1"),
+                           "DPO on (chosen, rejected) pairs; soft label if given (rDPO), else 1; "
+                           "hold groups (no rejected) keep their anchors' likelihood"),
     "ipo_pairs": Objective(True, True, _ipo_pairs, "beta", "IPO on (chosen, rejected) pairs"),
 }
 

@@ -11,7 +11,9 @@ negative slot), i.e. losses.dpo_loss(..., label=p). Variants on the same pairs:
 
 Run directory: config.yaml (the full config), critique.jsonl (+ .meta.json), pairs.scores.jsonl
 (raw scores, appended as scored), pairs.jsonl (kept pairs), pairs.dropped.jsonl (dropped, with
-reasons), pairs.stats.json, reference.safetensors, train/, model/.
+reasons), pairs.stats.json, hold/ (with data.hold: the initial model's answers to benign prompts,
+trained to keep their likelihood beside the pairs, as D2O's hold groups), reference.safetensors,
+train/, model/.
 """
 
 from __future__ import annotations
@@ -300,9 +302,14 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
                     reference=None, log=print):
     """TrainData for `variant`: groups [chosen, rejected] per pair, K = 1, labels, reference scores.
 
-    `reference` (ReferenceScores of the same pairs) is reused when given; otherwise it is computed
-    (and cached in the run directory) for the methods that need one.
+    With data.hold, the hold groups (benign prompts, the initial model's own answers, no rejected
+    response; their anchors must be sampled: stage_train does it) follow the pairs, K becomes
+    sample.k, and their labels are 1 (unused). `reference` (ReferenceScores of the same groups) is
+    reused when given; otherwise it is computed (and cached in the run directory) for the methods
+    that need one.
     """
+    import torch
+
     from negalign.objectives.registry import get_objective
     from negalign.training.groups import Tokenizer, build_groups, group_index
     from negalign.training.reference import run_reference
@@ -311,14 +318,23 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
     examples, anchors = pair_examples(pairs)
     tok = Tokenizer(tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
     groups = build_groups(tok, examples, group_index(examples), anchors)
+    k, labels = 1, variant_labels(pairs, variant, epsilon)
+    if cfg.data.hold:
+        from negalign.training.hold import hold_groups
+
+        held = hold_groups(cfg, tok)
+        groups += held
+        k = max(1, cfg.sample.k)
+        if labels is not None:
+            labels = torch.cat([labels, torch.ones(len(held), dtype=labels.dtype)])
+        log(f"data: {len(held)} hold groups (benign prompts, the initial model's answers, no rejected response)")
     if tok.stats.prompts or tok.stats.responses:
         log(f"data: {tok.stats.summary()}")
     if reference is None and get_objective(variant_method(variant)).needs_reference:
         from negalign.training.models import load_plain
 
-        reference = run_reference(cfg, groups, 1, lambda spec: load_plain(cfg, spec)[0], log=log)
-    return TrainData(groups=groups, n_anchors=1, reference=reference,
-                     labels=variant_labels(pairs, variant, epsilon))
+        reference = run_reference(cfg, groups, k, lambda spec: load_plain(cfg, spec)[0], log=log)
+    return TrainData(groups=groups, n_anchors=k, reference=reference, labels=labels)
 
 
 # ---------------------------------------------------------------- stages
@@ -414,6 +430,10 @@ def stage_train(settings: RdpoSettings, pairs: list[dict], *, reference=None, re
     if not pairs:
         raise UserError("no pairs to train on: every critique row was skipped or dropped (see pairs.stats.json)",
                         path=str(run.pairs_stats))
+    if cfg.data.hold:
+        from negalign.recipes.d2o import stage_sample_hold
+
+        stage_sample_hold(cfg, log=log)   # the initial model's answers to the benign hold prompts (resumable)
     model, tokenizer = load_policy(cfg)
     data = pair_train_data(cfg, tokenizer, pairs, r.variant, r.cdpo_epsilon, reference=reference, log=log)
     log(f"rdpo: variant {r.variant} (method {cfg.train.method}) on {len(pairs)} pairs")
