@@ -32,7 +32,7 @@ sycophancy: the claims set only, and the judge reads the claim alone; roleplay: 
 every model also evaluated by evaluate_behaviour on the held-out sets (40 false claims asked neutrally
 and under pressure plus 24 true claims; 12 requests in 6 persona injections): agreement, stance-flip,
 true-claim agreement, refusal and persona rates. The same judge model labels and rates, on prompts the
-pairs never saw; use a separate --out per preset. Sycophancy was run (README); roleplay not yet.
+pairs never saw; use a separate --out per preset. Both were run (README).
 
 Every stage is cached in --out, so a rerun resumes; --deadline HH:MM starts no new training or
 evaluation after that time. Writes --out/results.json and --out/results.md.
