@@ -259,17 +259,22 @@ def test_pair_train_data_layout(tokenizer, tiny_model, tmp_path):
         assert float(loss.detach()[0]) == pytest.approx(expect, abs=1e-4), variant
 
 
-@pytest.mark.e2e
-def test_end_to_end_rdpo_on_tiny_model(tiny_model_dir, tmp_path):
-    config = {
-        "run_dir": str(tmp_path / "run"),
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"max_prompt_tokens": 128, "max_response_tokens": 32},
+def _tiny_config(model_dir, run_dir, *, limit: int = 4, **data) -> dict:
+    """Two training steps of rDPO on the tiny model: 4-token critiques of the roleplay preset."""
+    return {
+        "run_dir": str(run_dir),
+        "model": {"name": str(model_dir)},
+        "data": {"max_prompt_tokens": 128, "max_response_tokens": 32, **data},
         "train": {"tau": 0.5, "max_steps": 2, "groups_per_step": 2, "micro_groups": 2, "precision": "fp32",
                   "lr": 1e-4, "save_every": 0},
-        "critique": {"preset": "roleplay", "limit": 4, "max_new_tokens": 8, "critique_max_new_tokens": 4},
+        "critique": {"preset": "roleplay", "limit": limit, "max_new_tokens": 8, "critique_max_new_tokens": 4},
         "rdpo": {"scorer": "refusal"},
     }
+
+
+@pytest.mark.e2e
+def test_end_to_end_rdpo_on_tiny_model(tiny_model_dir, tmp_path):
+    config = _tiny_config(tiny_model_dir, tmp_path / "run")
     logs = []
     out = run_rdpo(config, log=logs.append)
     run = tmp_path / "run"
@@ -301,16 +306,8 @@ def test_rdpo_with_hold_groups_samples_the_initial_model_and_trains(tiny_model_d
     the hold groups follow the pairs with K = sample.k, and their rows start at loss log 2."""
     hold = tmp_path / "hold.txt"
     hold.write_text("How do I kill a Python process?\nWhat is the history of fireworks?\n")
-    config = {
-        "run_dir": str(tmp_path / "run"),
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"max_prompt_tokens": 128, "max_response_tokens": 32, "hold": str(hold)},
-        "sample": {"k": 2, "max_new_tokens": 6, "precision": "fp32", "backend": "transformers"},
-        "train": {"tau": 0.5, "max_steps": 2, "groups_per_step": 2, "micro_groups": 2, "precision": "fp32",
-                  "lr": 1e-4, "save_every": 0},
-        "critique": {"preset": "roleplay", "limit": 3, "max_new_tokens": 8, "critique_max_new_tokens": 4},
-        "rdpo": {"scorer": "refusal"},
-    }
+    config = {**_tiny_config(tiny_model_dir, tmp_path / "run", limit=3, hold=str(hold)),
+              "sample": {"k": 2, "max_new_tokens": 6, "precision": "fp32", "backend": "transformers"}}
     logs = []
     out = run_rdpo(config, log=logs.append)
     anchors = [json.loads(line) for line in (tmp_path / "run" / "hold" / "anchors.jsonl").read_text().splitlines()]

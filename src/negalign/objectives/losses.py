@@ -48,6 +48,13 @@ def masked_mean(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return total / count.clamp(min=1).to(values.dtype), count
 
 
+def _mean_anchor_logratio(policy_anchor_logps: Tensor, ref_anchor_logps: Tensor,
+                          anchor_mask: Tensor | None) -> Tensor:
+    """Per row, the mean over valid anchors of log pi(y_i) - log ref(y_i) (0 where a row has none)."""
+    mask = _mask_for(policy_anchor_logps, anchor_mask)
+    return masked_mean(_f(policy_anchor_logps) - _f(ref_anchor_logps), mask)[0]
+
+
 def d2o_loss(policy_anchor_logps: Tensor, ref_anchor_logps: Tensor, policy_negative_logps: Tensor,
              ref_negative_logps: Tensor, *, beta: float, alpha: float,
              anchor_mask: Tensor | None = None, negative_mask: Tensor | None = None) -> Tensor:
@@ -61,8 +68,7 @@ def d2o_loss(policy_anchor_logps: Tensor, ref_anchor_logps: Tensor, policy_negat
     loss times beta/2 when alpha = beta. A row whose ``negative_mask`` n is False (a "hold" group:
     benign prompt, anchors only) keeps only the anchor term, -log sigmoid(beta * mean anchor ratio).
     """
-    mask = _mask_for(policy_anchor_logps, anchor_mask)
-    anchor_ratio, _ = masked_mean(_f(policy_anchor_logps) - _f(ref_anchor_logps), mask)
+    anchor_ratio = _mean_anchor_logratio(policy_anchor_logps, ref_anchor_logps, anchor_mask)
     negative_ratio = _f(policy_negative_logps) - _f(ref_negative_logps)
     if negative_mask is not None:
         negative_ratio = torch.where(negative_mask.to(negative_ratio.device), negative_ratio,
@@ -105,9 +111,7 @@ def hold_loss(policy_anchor_logps: Tensor, ref_anchor_logps: Tensor, *, beta: fl
     log 2 at the start, lower when the policy gives those answers more probability than the reference
     did; D2O's loss on a row without a negative, used beside DPO's pairs as well.
     """
-    mask = _mask_for(policy_anchor_logps, anchor_mask)
-    ratio, _ = masked_mean(_f(policy_anchor_logps) - _f(ref_anchor_logps), mask)
-    return -F.logsigmoid(beta * ratio)
+    return -F.logsigmoid(beta * _mean_anchor_logratio(policy_anchor_logps, ref_anchor_logps, anchor_mask))
 
 
 def ipo_loss(policy_chosen_logps: Tensor, ref_chosen_logps: Tensor, policy_rejected_logps: Tensor,

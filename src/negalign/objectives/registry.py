@@ -93,10 +93,11 @@ DEFAULT_HP: dict[str, Any] = {
 }
 
 
-def _pair_column(logps: GroupLogps, method: str) -> None:
-    # K > 1 only when hold groups (anchors, no negative) ride along; a pair has its chosen in slot 0
-    pairs = logps.negative_lengths > 0
-    if logps.policy_anchor.shape[1] != 1 and bool((logps.anchor_mask[pairs, 1:]).any()):
+def _pair_column(logps: GroupLogps, method: str, *, hold_rows: bool = False) -> None:
+    wrong = logps.policy_anchor.shape[1] != 1
+    if wrong and hold_rows:  # K > 1 is the hold groups' (anchors, no negative); a pair keeps one chosen, in slot 0
+        wrong = bool(logps.anchor_mask[logps.negative_lengths > 0, 1:].any())
+    if wrong:
         raise ValueError(f"method {method!r} takes one chosen response per pair (K = 1), "
                          f"got K = {logps.policy_anchor.shape[1]}")
 
@@ -146,7 +147,7 @@ def _kto_negatives(lp: GroupLogps, hp: dict) -> Tensor:
 
 
 def _dpo_pairs(lp: GroupLogps, hp: dict) -> Tensor:
-    _pair_column(lp, "dpo_pairs")
+    _pair_column(lp, "dpo_pairs", hold_rows=True)
     label = 1.0 if lp.label is None else lp.label
     loss = losses.dpo_loss(lp.policy_anchor[:, 0], lp.ref_anchor[:, 0], lp.policy_negative, lp.ref_negative,
                            beta=hp["beta"], label=label)

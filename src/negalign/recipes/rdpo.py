@@ -312,6 +312,7 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
 
     from negalign.objectives.registry import get_objective
     from negalign.training.groups import Tokenizer, build_groups, group_index
+    from negalign.training.hold import append_hold_groups
     from negalign.training.reference import run_reference
     from negalign.training.step import TrainData
 
@@ -319,15 +320,11 @@ def pair_train_data(cfg: Config, tokenizer, pairs: list[dict], variant: str, eps
     tok = Tokenizer(tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
     groups = build_groups(tok, examples, group_index(examples), anchors)
     k, labels = 1, variant_labels(pairs, variant, epsilon)
-    if cfg.data.hold:
-        from negalign.training.hold import hold_groups
-
-        held = hold_groups(cfg, tok)
-        groups += held
+    held = append_hold_groups(cfg, tok, groups, log=log)
+    if held:
         k = max(1, cfg.sample.k)
         if labels is not None:
-            labels = torch.cat([labels, torch.ones(len(held), dtype=labels.dtype)])
-        log(f"data: {len(held)} hold groups (benign prompts, the initial model's answers, no rejected response)")
+            labels = torch.cat([labels, torch.ones(held, dtype=labels.dtype)])
     if tok.stats.prompts or tok.stats.responses:
         log(f"data: {tok.stats.summary()}")
     if reference is None and get_objective(variant_method(variant)).needs_reference:

@@ -95,12 +95,10 @@ def training_groups(cfg: Config, tokenizer, examples: list[Example], anchors: di
                             path=str(RunDir(cfg.run_dir).anchors))
     tok = Tokenizer(tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
     groups = build_groups(tok, examples, index, use)
-    if cfg.data.hold and objective.needs_anchors:
-        from negalign.training.hold import hold_groups
+    if objective.needs_anchors:
+        from negalign.training.hold import append_hold_groups
 
-        held = hold_groups(cfg, tok)  # after the negative groups; `index` covers only those
-        groups += held
-        log(f"data: {len(held)} hold groups (benign prompts, the initial model's anchors, no negative)")
+        append_hold_groups(cfg, tok, groups, log=log)  # after the negative groups; `index` covers only those
     if tok.stats.prompts or tok.stats.responses:
         log(f"data: {tok.stats.summary()}")
     k = cfg.sample.k if objective.needs_anchors else 0

@@ -92,3 +92,13 @@ def hold_groups(cfg: Config, tok) -> list[Group]:
                         path=str(RunDir(hold_config(cfg).run_dir).anchors), field="data.hold")
     return [Group(prompt_ids=tok.prompt(ex), response_ids=[tok.response(a) for a in anchors[ex.id]] + [[]])
             for ex in examples]
+
+
+def append_hold_groups(cfg: Config, tok, groups: list[Group], *, log=print) -> int:
+    """Append the hold groups (data.hold) after `groups`, in place; how many were added (0 without data.hold)."""
+    if not cfg.data.hold:
+        return 0
+    held = hold_groups(cfg, tok)
+    groups += held
+    log(f"data: {len(held)} hold groups (benign prompts, the initial model's anchors, no negative)")
+    return len(held)
