@@ -70,8 +70,13 @@ def test_bundled_presets_render(tokenizer):
         assert "{" not in render(preset.revision_request, principle=preset.principle)
     # sets are interleaved, so a small limit sees each of them
     assert {p.meta["set"] for p in build_prompts(load_preset("sycophancy"), limit=2)} == {"claims", "work"}
-    # safety wraps harmful requests in several personas
-    assert len({p.meta["wrapper"] for p in build_prompts(load_preset("safety"), limit=12)}) == 6
+    # safety wraps harmful requests in several personas, and asks the same requests plain
+    safety = build_prompts(load_preset("safety"), limit=24)
+    wrapped = [p for p in safety if p.meta["set"] == "personas"]
+    plain = [p for p in safety if p.meta["set"] == "plain"]
+    assert len(wrapped) == len(plain) == 12 and len({p.meta["wrapper"] for p in wrapped}) == 6
+    assert all(p.prompt[0]["content"] == p.meta["request"].strip() for p in plain)
+    assert [p.meta["request"] for p in plain] == [p.meta["request"] for p in wrapped]
 
 
 def test_every_wrapper_gives_each_item_every_wrapper_spread_first(tmp_path):
