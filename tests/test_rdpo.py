@@ -160,7 +160,7 @@ def test_config_errors_name_the_key(tmp_path):
         load_rdpo_config(None, {"rdpo.variant": "ppo"})
     with pytest.raises(UserError, match="train.tau"):
         load_rdpo_config(None, {"train.tau": "-1"})
-    with pytest.raises(UserError, match=r"field 'critique.precision': must be bf16 or fp32"):
+    with pytest.raises(UserError, match=r"field 'critique.precision': must be one of auto, bf16, fp32"):
         load_rdpo_config(None, {"critique.precision": "fp16"})
     warnings = []
     s = load_rdpo_config(None, set_overrides(["train.tau=0.05", "critique.limit=3",

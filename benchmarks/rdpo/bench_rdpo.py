@@ -229,6 +229,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench_rdpo")
     p.add_argument("--preset", default="safety", choices=sorted(TARGETS))
     p.add_argument("--prompts", type=int, default=None, help="the first N critique prompts (default: all 251)")
+    p.add_argument("--sets", nargs="+", default=None,
+                   help="the preset's prompt sets (default: safety personas, sycophancy claims, roleplay all)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -245,7 +247,8 @@ def main() -> None:
     times: dict[str, float] = {}
 
     def settings(v: str, seed: int):
-        return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts, preset=a.preset)
+        return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts, preset=a.preset,
+                            sets=a.sets)
 
     if a.preset != "safety" and "rdpo-clf" in a.variants:
         p.error("rdpo-clf (labels from the harm classifier) is a safety variant")

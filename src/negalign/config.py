@@ -18,6 +18,7 @@ import yaml
 
 from negalign.base.errors import UserError
 from negalign.modeling.lora import LoraSpec
+from negalign.modeling.precision import PRECISIONS
 from negalign.objectives.names import HOLD_METHODS, METHODS, unknown_method_message
 
 GUIDANCE_PROMPT = (
@@ -60,7 +61,7 @@ class SampleConfig:
     k: int = 4                        # anchors per prompt (the paper uses 11)
     model: str | None = None          # who draws the anchors: empty = the initial policy (the paper's
                                       # self-sampling); else a teacher (name, folder, .gguf, served name)
-    precision: str = "fp32"           # fp32 | bf16 weights while sampling (bf16 is ~3x faster on CPU)
+    precision: str = "fp32"           # fp32 | bf16 | auto (bf16 where this machine runs it fast) weights while sampling
     best_of: int = 0                  # draw N >= k and keep the k that `select_by` rates safest (0 = off)
     select_by: str = "refusal"        # refusal | judge | harm_classifier
     system_prompt: str | None = GUIDANCE_PROMPT  # used while sampling only
@@ -80,7 +81,7 @@ class ReferenceConfig:
     anchor_model: str | None = None    # pi_r- (under the anchors); empty = the initial model
     negative_model: str | None = None  # pi_r+ (under the negatives); empty = the initial model
     batch_tokens: int = 4096           # token budget per scoring batch
-    precision: str = "bf16"            # bf16 | fp32 (autocast for the forward)
+    precision: str = "auto"            # auto (bf16 where this machine runs it fast) | bf16 | fp32 (autocast)
 
 
 @dataclass
@@ -104,7 +105,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    precision: str = "bf16"           # bf16 (fp32 master weights + bf16 autocast) | fp32
+    precision: str = "auto"           # auto | bf16 (fp32 master weights + bf16 autocast) | fp32; auto: bf16
+                                      # where this machine's bf16 matmuls are fast (modeling/precision.py)
     grouped_forward: bool = True      # prompt computed once per group (else one sequence per response)
     chunk_tokens: int = 2048          # LM-head rows per chunk
     seed: int = 0
@@ -227,8 +229,8 @@ _AT_LEAST_1 = ("train.groups_per_step", "train.micro_groups", "train.epochs", "t
                "sample.prompts_per_write", "sample.max_new_tokens", "reference.batch_tokens",
                "data.max_prompt_tokens", "data.max_response_tokens")
 _AT_LEAST_0 = ("sample.k", "sample.best_of", "train.save_every", "train.online.every")
-_CHOICES = {"data.anchors": ("sampled", "positives"), "train.precision": ("bf16", "fp32"), "reference.precision": ("bf16", "fp32"),
-            "sample.backend": ("auto", "transformers", "vllm", "openai"), "sample.precision": ("bf16", "fp32"),
+_CHOICES = {"data.anchors": ("sampled", "positives"), "train.precision": PRECISIONS, "reference.precision": PRECISIONS,
+            "sample.backend": ("auto", "transformers", "vllm", "openai"), "sample.precision": PRECISIONS,
             "sample.select_by": ("refusal", "judge", "harm_classifier")}
 
 

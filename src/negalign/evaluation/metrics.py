@@ -21,7 +21,7 @@ from negalign.modeling.logprobs import Group
 
 def response_logprobs(model, tokenizer, prompts: list[Messages], responses: list[str], *,
                       max_response_tokens: int = 192, batch_tokens: int = 4096,
-                      precision: str = "bf16") -> tuple[torch.Tensor, torch.Tensor]:
+                      precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log pi(response | prompt) and token counts, one per (prompt, response) pair.
 
     Pairs that share a prompt are scored as one group, so the prompt runs once (held-out pyrit

@@ -17,11 +17,12 @@ from negalign.base.io import atomic_path
 from negalign.base.progress import Progress
 from negalign.modeling.batching import group_token_count, pack_by_token_budget
 from negalign.modeling.logprobs import Group, group_logprobs
+from negalign.modeling.precision import resolve as resolve_precision
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on `device` for precision 'bf16', else nothing (fp32)."""
-    if precision == "bf16":
+    """bf16 autocast on `device` for precision 'bf16' (or 'auto' where bf16 is fast), else nothing (fp32)."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

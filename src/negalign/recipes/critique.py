@@ -262,7 +262,8 @@ class CritiqueConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     max_new_tokens: int = 160            # answer and revision
-    precision: str = "bf16"              # bf16 | fp32: a local teacher's weights (sampling needs no fp32 copy)
+    precision: str = "auto"              # auto | bf16 | fp32: a local teacher's weights (sampling needs no fp32
+                                          # copy; auto: bf16 where this machine runs it fast)
     critique_max_new_tokens: int = 96
     revision_turn: str = "chat"          # chat: the revision is the chat's third turn; quoted: a new one-turn
                                           # chat that quotes the message, the answer and the critique

@@ -26,10 +26,10 @@ DEMO_SETTINGS = {
     "model": {"name": "default"},
     "data": {"source": "bundled", "split": "train", "limit": 24, "max_negatives_per_prompt": 2,
              "hold": "benign-twins", "hold_limit": 24, "max_response_tokens": 128},
-    "sample": {"model": "qwen2.5-coder-1.5b", "precision": "bf16", "k": 4, "max_new_tokens": 48,
+    "sample": {"model": "qwen2.5-coder-1.5b", "precision": "auto", "k": 4, "max_new_tokens": 48,
                "temperature": 0.8, "top_p": 0.95},
     "train": {"method": "d2o", "beta": 0.1, "alpha": 0.1, "epochs": 2, "groups_per_step": 6,
-              "micro_groups": 3, "lr": 5e-5, "precision": "bf16", "save_every": 5},
+              "micro_groups": 3, "lr": 5e-5, "precision": "auto", "save_every": 5},
 }
 # evaluate's quick sizes and 24 of the 63 held-out pyrit prompts; the judge on for the harmful replies;
 # the judge's benign win rate, the MiniLM proxy and the sampled KL off (time: the win rate alone took

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from negalign import config as config_module
+from negalign.modeling.precision import PRECISIONS
 from negalign.base.errors import UserError
 from negalign.base.fingerprint import fingerprint
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json, write_jsonl
@@ -95,8 +96,9 @@ def check_settings(s: RdpoSettings) -> None:
     if not (s.cfg.train.tau > 0 and math.isfinite(s.cfg.train.tau)):
         raise UserError(f"must be a positive number, got {s.cfg.train.tau}", path=w, field="train.tau")
     c = s.critique
-    if c.precision not in ("bf16", "fp32"):
-        raise UserError(f"must be bf16 or fp32, got {c.precision!r}", path=w, field="critique.precision")
+    if c.precision not in PRECISIONS:
+        raise UserError(f"must be one of {', '.join(PRECISIONS)}, got {c.precision!r}", path=w,
+                        field="critique.precision")
     if c.revision_turn not in REVISION_TURNS:
         raise UserError(f"must be one of {', '.join(REVISION_TURNS)}, got {c.revision_turn!r}", path=w,
                         field="critique.revision_turn")

@@ -29,6 +29,7 @@ from negalign.base.rundir import RunDir
 from negalign.config import Config
 from negalign.modeling.loading import save_model
 from negalign.modeling.lora import is_lora
+from negalign.modeling.precision import PRECISIONS, describe as describe_precision
 from negalign.objectives.registry import get_objective
 from negalign.training import tracking
 from negalign.training.checkpoints import (CHECKPOINT_PIN, checkpoint_fingerprint, list_checkpoints, load_checkpoint,
@@ -78,7 +79,7 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     tracking.start(trainer.accelerator, cfg, start_step)
     t = cfg.train
     log(f"train: method={t.method} groups={len(data.groups)} steps={trainer.steps} groups/step={t.groups_per_step} "
-        f"micro={t.micro_groups} lr={t.lr} precision={t.precision} processes={trainer.accelerator.num_processes}")
+        f"micro={t.micro_groups} lr={t.lr} precision={describe_precision(t.precision, trainer.accelerator.device)} processes={trainer.accelerator.num_processes}")
     # Steps done before a resume count as done; the ETA comes from this run's steps.
     progress = Progress("train", trainer.steps, done=start_step, unit="steps", log=log)
     log = progress.writer(log)  # on a terminal the step lines print above the bar, not through it
@@ -113,8 +114,8 @@ def check_train_inputs(cfg: Config, data: TrainData) -> None:
     if get_objective(t.method).needs_reference and data.reference is None:
         raise UserError(f"method '{t.method}' needs reference log-probs; run `negalign reference` first",
                         field="train.method")
-    if t.precision not in ("bf16", "fp32"):
-        raise UserError("expected 'bf16' or 'fp32'", field="train.precision")
+    if t.precision not in PRECISIONS:
+        raise UserError(f"expected one of {', '.join(PRECISIONS)}", field="train.precision")
     if t.groups_per_step < 1 or t.micro_groups < 1:
         raise UserError("must be at least 1", field="train.groups_per_step")
     if not data.groups:

@@ -13,10 +13,11 @@ def device() -> str:
 
 def load_plain(cfg: Config, spec: str | None = None, precision: str = "fp32"):
     """(model, tokenizer) of `spec` (default: the run's model) without an adapter: a reference, a sampler or
-    a teacher. precision 'bf16' loads bf16 weights (inference needs no fp32 master copy), else fp32."""
-    import torch
+    a teacher. precision 'bf16' (or 'auto' where bf16 is fast) loads bf16 weights (inference needs no fp32
+    master copy), else fp32."""
+    from negalign.modeling.precision import torch_dtype
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch_dtype(precision, device())
     return load_model(spec or cfg.model.name, device=device(), trust_remote_code=cfg.model.trust_remote_code,
                       allow_pickle=cfg.model.allow_pickle, dtype=dtype)
 

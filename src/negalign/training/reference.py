@@ -23,6 +23,7 @@ from negalign.base.rundir import RunDir
 from negalign.config import Config
 from negalign.modeling.inference import score_groups
 from negalign.modeling.logprobs import Group
+from negalign.modeling.precision import resolve as resolve_precision
 
 
 @dataclass
@@ -62,7 +63,7 @@ def reference_fingerprint(cfg: Config, groups: list[Group]) -> str:
         p = Path(spec)
         if p.exists():  # a local model: its identity includes when it was written
             models[key] = f"{p.resolve()}@{max((f.stat().st_mtime_ns for f in p.glob('*')), default=0)}"
-    return fingerprint({"models": models, "precision": cfg.reference.precision,
+    return fingerprint({"models": models, "precision": resolve_precision(cfg.reference.precision, distributed.device()),
                         "groups": [[g.prompt_ids, g.response_ids] for g in groups]})
 
 

@@ -38,7 +38,7 @@ class StepSettings:
     micro_groups: int = 4             # groups per forward/backward
     chunk_tokens: int = 2048          # LM-head rows per chunk
     grouped: bool = True              # prompt once per group (else one sequence per response)
-    precision: str = "bf16"           # bf16 autocast | fp32
+    precision: str = "auto"           # bf16 autocast | fp32 | auto (modeling/precision.py)
     max_grad_norm: float = 1.0
 
     @classmethod

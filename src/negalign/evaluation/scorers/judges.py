@@ -46,12 +46,12 @@ def load_probe(spec, model: str, rubric: str) -> Probe | None:
 def make_verdict_judge(model: str = DEFAULT_JUDGE_MODEL, rubric: str = DEFAULT_RUBRIC, probe="default", *,
                        batch_size: int = 8, threshold: float = 0.5, max_item_tokens: int = 448,
                        answer_prefix: str | None = None, choices: list[str] | None = None) -> VerdictJudge:
-    """A VerdictJudge on a model spec (name, folder or .gguf), loaded in bf16 for inference."""
+    """A VerdictJudge on a model spec (name, folder or .gguf), loaded in bf16 for inference where this
+    machine runs bf16 fast, else in fp32 (modeling.precision)."""
     import dataclasses
 
-    import torch
-
     from negalign.modeling.loading import load_model
+    from negalign.modeling.precision import torch_dtype
 
     if rubric not in RUBRICS:
         raise UserError(f"unknown rubric {rubric!r}; choose one of {', '.join(RUBRICS)}", field="rubric")
@@ -63,7 +63,7 @@ def make_verdict_judge(model: str = DEFAULT_JUDGE_MODEL, rubric: str = DEFAULT_R
             raise UserError(f"rubric {rubric!r} needs {len(r.choices)} choices", field="choices")
         r = dataclasses.replace(r, choices=tuple(choices))
     loaded_probe = load_probe(probe, model, rubric)
-    m, tok = load_model(model, dtype=torch.bfloat16)
+    m, tok = load_model(model, dtype=torch_dtype("auto"))  # bf16 only where this CPU runs it fast
     m.eval()
     try:
         judge = VerdictJudge(m, tok, r, probe=loaded_probe, batch_size=batch_size, max_item_tokens=max_item_tokens,
