@@ -288,8 +288,9 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
     assert set(saved["per_category"]) == {"Disinformation and deception", "Hate, harassment and discrimination",
                                           "Illegal goods and services"}
     assert saved["settings"]["n_harmful"] == 3 and saved["definitions"]["heldout_pair_accuracy"]
-    # harmful 3 + overrefusal 2 + benign 2 (the reference is the same model: shared) + 2 samples
-    assert len(rows) == 9
+    # harmful 3 + overrefusal 2 + benign 2 (the reference is the same model: shared); no samples: the model is
+    # its own reference, so its KL is 0 without sampling
+    assert len(rows) == 7 and not [r for r in rows if r["role"] == "sample"]
 
     # resume: nothing is generated again, and the results are identical
     def no_generation(*a, **k):
@@ -303,7 +304,7 @@ def test_evaluate_end_to_end_writes_every_metric_with_cis_and_resumes(tiny_model
     again = ev.evaluate_model(spec, reference_spec=spec, out_dir=out, harm_classifier=small_classifier,
                               log=lambda *_: None, **SMALL)
     assert again["metrics"] == result["metrics"]
-    assert len((out / generations.GENERATIONS_FILE).read_text().splitlines()) == 9
+    assert len((out / generations.GENERATIONS_FILE).read_text().splitlines()) == 7
 
 
 def test_a_reference_evaluated_before_is_not_scored_again(tiny_model_dir, tmp_path, small_classifier, tokenizer,

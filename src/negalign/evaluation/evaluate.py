@@ -265,7 +265,8 @@ class Replies:
     overrefusal: list[str]
     benign: list[str]
     reference_benign: list[str]   # the reference's greedy answers (perplexity, judge)
-    samples: list[str]            # the model's temperature-1 samples (KL); [] without KL
+    samples: list[str]            # the model's temperature-1 samples (KL); [] without KL or when the model
+                                  # is its own reference (KL = 0 exactly)
 
 
 class _LazyGenerator:
@@ -301,7 +302,8 @@ def generate_replies(models: Models, sets: PromptSets, store: GenerationStore, m
     precision bf16: generate with a bf16 copy of each model (2-3x faster on CPU than fp32). Not the
     default: rounding a fine-tuned model's weights to bf16 blurs what training changed (measured on
     the demo's model: refusal 58 % with fp32 weights, 42 % with a bf16 copy; the initial model moved
-    less). The log-prob metrics always score the fp32 weights under bf16 autocast.
+    less). The log-prob metrics score the fp32 weights, under bf16 autocast where this machine runs bf16
+    fast (modeling/precision.py).
     """
     from negalign.generation.base import GenerationConfig
 
@@ -317,7 +319,8 @@ def generate_replies(models: Models, sets: PromptSets, store: GenerationStore, m
         overrefusal=store.generate(gen_model, "model", fp_model, "overrefusal", sets.overrefusal, greedy, log=log),
         benign=store.generate(gen_model, "model", fp_model, "benign", sets.benign, greedy, log=log),
         reference_benign=store.generate(gen_ref, "model", fp_ref, "benign", sets.benign, greedy, log=log),
-        samples=store.generate(gen_model, "sample", fp_sample, "benign", sets.benign, sampled, log=log) if kl else [])
+        samples=store.generate(gen_model, "sample", fp_sample, "benign", sets.benign, sampled, log=log)
+        if kl and not models.same else [])
 
 
 # ------------------------------------------------------------------ the evaluation

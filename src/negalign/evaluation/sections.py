@@ -97,7 +97,9 @@ def benign_section(models: Models, benign: list[dict], reference_replies: list[s
     metrics = {"benign_perplexity": bootstrap_ratio(lp.tolist(), lengths.tolist(), transform=neg_ppl, **boot),
                "benign_perplexity_reference": bootstrap_ratio(lp_ref.tolist(), lengths.tolist(), transform=neg_ppl,
                                                               **boot)}
-    if kl:
+    if kl and models.same:  # KL(p || p) = 0: no samples, no forward passes
+        metrics["kl_per_token"] = metrics["kl_per_sequence"] = bootstrap_mean([0.0] * len(prompts), **boot)
+    elif kl:
         kl_sums, kl_counts = token_kl(models.model, models.reference, tok, prompts, samples,
                                       max_response_tokens=max_new_tokens + 1)
         metrics["kl_per_token"] = bootstrap_ratio(kl_sums, kl_counts, **boot)
