@@ -11,14 +11,14 @@ from negalign.modeling.inference import autocast
 def speedup(monkeypatch):
     """Pretend the CPU's measured bf16/fp32 speed ratio is `value`."""
     def set_to(value: float):
-        monkeypatch.setattr(precision, "bf16_speedup", lambda kind="cpu": value)
+        monkeypatch.setattr(precision, "bf16_speedup", lambda: value)
     return set_to
 
 
 def test_auto_follows_the_measured_speed(speedup, capsys):
     speedup(0.02)  # an AVX2-only CPU: emulated bf16
     assert precision.resolve("auto") == "fp32" and precision.torch_dtype("auto") == torch.float32
-    assert precision.describe("auto") == "auto -> fp32 (bf16 0.02x fp32 on this cpu)"
+    assert precision.describe("auto") == "auto -> fp32 (bf16 0.02x fp32 on this CPU)"
     assert not torch.is_autocast_cpu_enabled()
     with autocast(torch.device("cpu"), "auto"):
         assert not torch.is_autocast_cpu_enabled()
@@ -37,8 +37,8 @@ def test_auto_follows_the_measured_speed(speedup, capsys):
 
 
 def test_the_probe_measures_this_machine():
-    ratio = precision.bf16_speedup("cpu")
-    assert ratio > 0 and precision.bf16_speedup("cpu") == ratio  # measured once, then cached
+    ratio = precision.bf16_speedup()
+    assert ratio > 0 and precision.bf16_speedup() == ratio  # measured once, then cached
     assert precision.resolve("auto") == ("bf16" if ratio >= 1.0 else "fp32")
 
 

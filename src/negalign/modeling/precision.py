@@ -22,63 +22,64 @@ PRECISIONS = ("auto", "bf16", "fp32")
 _PROBE_SHAPE = (128, 512, 512)  # 67 MFLOP: milliseconds in fp32, ~0.1 s on an emulated bf16 path
 
 
-def _matmul_seconds(dtype: torch.dtype, device: torch.device) -> float:
+def _matmul_seconds(dtype: torch.dtype) -> float:
     import torch
 
     m, k, n = _PROBE_SHAPE
-    a = torch.randn(m, k, device=device).to(dtype)
-    b = torch.randn(k, n, device=device).to(dtype)
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
     a @ b  # warm-up: kernels picked, caches filled
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t)
     return best
 
 
 @functools.cache
-def bf16_speedup(device_type: str = "cpu") -> float:
-    """fp32 matmul time / bf16 matmul time on this device type (> 1: bf16 is faster), measured once."""
+def bf16_speedup() -> float:
+    """fp32 matmul time / bf16 matmul time on this CPU (> 1: bf16 is faster), measured once per process."""
     import torch
 
-    if device_type == "cuda":
-        return 2.0 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 0.0
-    if device_type != "cpu":
-        return 1.0  # mps, xpu: bf16 where the backend supports it; no probe
-    device = torch.device("cpu")
     with torch.inference_mode():
-        return _matmul_seconds(torch.float32, device) / _matmul_seconds(torch.bfloat16, device)
+        return _matmul_seconds(torch.float32) / _matmul_seconds(torch.bfloat16)
+
+
+def _bf16_is_fast(kind: str) -> bool:
+    import torch
+
+    if kind == "cpu":
+        return bf16_speedup() >= 1.0
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return False  # mps, xpu: not measured here; fp32 is the safe choice
 
 
 def _device_type(device: torch.device | str | None) -> str:
-    if device is None:
-        return "cpu"
-    return device if device in ("cpu", "cuda", "mps", "xpu") else getattr(device, "type", None) or str(device).split(":")[0]
+    import torch
+
+    return "cpu" if device is None else torch.device(device).type
 
 
 def resolve(precision: str, device: torch.device | str | None = None) -> str:
     """'bf16' or 'fp32': "auto" is bf16 where bf16 matmuls are at least as fast as fp32 on `device`.
 
-    An explicit "bf16" stays bf16; on a device where it is slow, one warning says so."""
+    An explicit "bf16" stays bf16; on a CPU where it is slow, one warning says so."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    kind = _device_type(device)
     if precision == "fp32":
         return "fp32"
-    speedup = bf16_speedup(kind)
+    kind = _device_type(device)
     if precision == "auto":
-        return "bf16" if speedup >= 1.0 else "fp32"
-    if speedup < 0.5:
-        _warn_slow_bf16(kind, speedup)
+        return "bf16" if _bf16_is_fast(kind) else "fp32"
+    if kind == "cpu" and bf16_speedup() < 0.5:
+        _warn_slow_bf16(bf16_speedup())
     return "bf16"
 
 
 @functools.cache
-def _warn_slow_bf16(kind: str, speedup: float) -> None:
-    print(f"warning: bf16 matmuls run at {speedup:.2f}x the fp32 speed on this {kind} (no native bf16): "
+def _warn_slow_bf16(speedup: float) -> None:
+    print(f"warning: bf16 matmuls run at {speedup:.2f}x the fp32 speed on this CPU (no native bf16): "
           f"precision 'auto' or 'fp32' would be faster", file=sys.stderr)
 
 
@@ -90,8 +91,9 @@ def torch_dtype(precision: str, device: torch.device | str | None = None) -> tor
 
 
 def describe(precision: str, device: torch.device | str | None = None) -> str:
-    """'bf16', 'fp32', or for "auto" what it chose and why, for logs: 'auto -> fp32 (bf16 0.02x here)'."""
+    """'bf16', 'fp32', or for "auto" what it chose and why, for logs: 'auto -> fp32 (bf16 0.02x fp32 on this CPU)'."""
     if precision != "auto":
         return precision
-    kind = _device_type(device)
-    return f"auto -> {resolve(precision, kind)} (bf16 {bf16_speedup(kind):.2f}x fp32 on this {kind})"
+    kind, chosen = _device_type(device), resolve(precision, device)
+    why = f"bf16 {bf16_speedup():.2f}x fp32 on this CPU" if kind == "cpu" else f"bf16 {'' if chosen == 'bf16' else 'not '}supported on this {kind}"
+    return f"auto -> {chosen} ({why})"
