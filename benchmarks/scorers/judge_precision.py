@@ -27,13 +27,11 @@ def main() -> None:
     ap.add_argument("--precision", choices=["bf16", "fp32"], required=True)
     ap.add_argument("--test-rows", type=int, default=240)
     args = ap.parse_args()
-    import negalign.modeling.precision as precision
     from negalign.evaluation.scorers import make_verdict_judge
+    from negalign.modeling.precision import bf16_speedup
 
-    here = round(precision.bf16_speedup(), 3)  # measured before it is overridden below
-    forced = args.precision
-    precision.bf16_speedup = lambda: 2.0 if forced == "bf16" else 0.0  # what "auto" would see
-    judge = make_verdict_judge()
+    here = round(bf16_speedup(), 3)
+    judge = make_verdict_judge(precision=args.precision)
     dtype = str(next(judge.model.parameters()).dtype)
     _, test = pyrit_sets(args.test_rows)
     out = {"date": time.strftime("%Y-%m-%d"), "precision": args.precision, "weights_dtype": dtype,

@@ -95,5 +95,8 @@ def describe(precision: str, device: torch.device | str | None = None) -> str:
     if precision != "auto":
         return precision
     kind, chosen = _device_type(device), resolve(precision, device)
-    why = f"bf16 {bf16_speedup():.2f}x fp32 on this CPU" if kind == "cpu" else f"bf16 {'' if chosen == 'bf16' else 'not '}supported on this {kind}"
+    if kind == "cpu":
+        why = f"bf16 {bf16_speedup():.2f}x fp32 on this CPU"
+    else:
+        why = f"bf16 {'' if chosen == 'bf16' else 'not '}supported on this {kind}"
     return f"auto -> {chosen} ({why})"

@@ -79,7 +79,8 @@ def run_train(cfg: Config, model, tokenizer, data: TrainData, *, resume: bool = 
     tracking.start(trainer.accelerator, cfg, start_step)
     t = cfg.train
     log(f"train: method={t.method} groups={len(data.groups)} steps={trainer.steps} groups/step={t.groups_per_step} "
-        f"micro={t.micro_groups} lr={t.lr} precision={describe_precision(t.precision, trainer.accelerator.device)} processes={trainer.accelerator.num_processes}")
+        f"micro={t.micro_groups} lr={t.lr} precision={describe_precision(t.precision, trainer.accelerator.device)} "
+        f"processes={trainer.accelerator.num_processes}")
     # Steps done before a resume count as done; the ETA comes from this run's steps.
     progress = Progress("train", trainer.steps, done=start_step, unit="steps", log=log)
     log = progress.writer(log)  # on a terminal the step lines print above the bar, not through it

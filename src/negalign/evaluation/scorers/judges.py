@@ -45,9 +45,10 @@ def load_probe(spec, model: str, rubric: str) -> Probe | None:
 
 def make_verdict_judge(model: str = DEFAULT_JUDGE_MODEL, rubric: str = DEFAULT_RUBRIC, probe="default", *,
                        batch_size: int = 8, threshold: float = 0.5, max_item_tokens: int = 448,
-                       answer_prefix: str | None = None, choices: list[str] | None = None) -> VerdictJudge:
-    """A VerdictJudge on a model spec (name, folder or .gguf), loaded in bf16 for inference where this
-    machine runs bf16 fast, else in fp32 (modeling.precision)."""
+                       answer_prefix: str | None = None, choices: list[str] | None = None,
+                       precision: str = "auto") -> VerdictJudge:
+    """A VerdictJudge on a model spec (name, folder or .gguf), its weights in `precision`: auto loads bf16
+    where this machine runs bf16 fast, else fp32 (modeling.precision)."""
     import dataclasses
 
     from negalign.modeling.loading import load_model
@@ -63,7 +64,7 @@ def make_verdict_judge(model: str = DEFAULT_JUDGE_MODEL, rubric: str = DEFAULT_R
             raise UserError(f"rubric {rubric!r} needs {len(r.choices)} choices", field="choices")
         r = dataclasses.replace(r, choices=tuple(choices))
     loaded_probe = load_probe(probe, model, rubric)
-    m, tok = load_model(model, dtype=torch_dtype("auto"))  # bf16 only where this CPU runs it fast
+    m, tok = load_model(model, dtype=torch_dtype(precision))
     m.eval()
     try:
         judge = VerdictJudge(m, tok, r, probe=loaded_probe, batch_size=batch_size, max_item_tokens=max_item_tokens,
