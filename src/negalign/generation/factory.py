@@ -3,7 +3,7 @@
 Spec, any of:
 - a dict such as {"backend": "transformers", "model": "default", "batch_size": 32}; without a
   "backend" it is "openai" when a "base_url" is given ({"base_url": ..., "model": ...}), else "auto";
-- a string: a backend name "transformers" | "vllm" | "auto" | "openai", "openai:MODEL@BASE_URL",
+- a string: a backend name "transformers" | "vllm" | "llamacpp" | "auto" | "openai", "openai:MODEL@BASE_URL",
   a bare http(s) URL (that server, model name "default"), or else a model spec ("default", a
   folder, a .gguf, a hub id) generated with locally by transformers;
 - an object that already has `generate` (a ChatGenerator), returned as it is.
@@ -16,12 +16,13 @@ from typing import Any
 from negalign.base.errors import UserError
 from negalign.generation.base import ChatGenerator
 
-BACKENDS = ("transformers", "vllm", "openai", "auto")
+BACKENDS = ("transformers", "vllm", "llamacpp", "openai", "auto")
 
 # Keys each backend accepts besides "backend" (the others are named in the error).
 _KEYS = {
     "transformers": {"model", "batch_size", "progress"},
     "vllm": {"model", "dtype", "gpu_memory_utilization", "seed", "max_model_len"},
+    "llamacpp": {"model", "batch_size", "threads", "prefill_tokens"},
     "openai": {"model", "base_url", "api_key_env", "timeout", "max_retries", "requests_per_minute",
                "concurrency", "extra_body", "backoff", "backoff_max"},
 }
@@ -54,7 +55,8 @@ def make_generator(spec: Any, *, model=None, tokenizer=None, where: str | None =
 
     A loaded `model` (and `tokenizer`) is reused by the transformers backend, never copied;
     with one given, "auto" stays on transformers, since vLLM would load the weights from disk
-    and miss any in-memory changes. The vllm and openai backends ignore `model`.
+    and miss any in-memory changes. The vllm, llamacpp and openai backends ignore `model`
+    ("auto" never picks llamacpp: its samples come from the GGUF file, not the model in memory).
     """
     if hasattr(spec, "generate"):
         return spec
@@ -78,6 +80,10 @@ def make_generator(spec: Any, *, model=None, tokenizer=None, where: str | None =
         from negalign.generation.vllm_backend import VLLMGenerator
 
         return VLLMGenerator(spec.pop("model", "default"), tokenizer=tokenizer, **spec)
+    if backend == "llamacpp":
+        from negalign.generation.llamacpp_backend import LlamaCppGenerator
+
+        return LlamaCppGenerator(spec.pop("model", "default"), **spec)
     from negalign.generation.openai_backend import OpenAIChatGenerator
 
     for key in ("base_url", "model"):

@@ -130,6 +130,22 @@ def resolve_model_path(spec: str) -> str:
     return spec
 
 
+def gguf_file(spec: str) -> Path:
+    """The GGUF file behind a model spec: 'default' (the bundled SmolLM2), 'qwen2.5-coder-1.5b' (its
+    chunks joined once) or a .gguf path; anything else (a folder, a hub id) is a UserError."""
+    if spec in (DEFAULT_MODEL, "", None):
+        return default_gguf_path()
+    if spec == QWEN_MODEL:
+        return join_chunks(QWEN_PACKAGES, cache_dir() / "models" / _QWEN_GGUF)
+    path = Path(spec).expanduser()
+    if path.suffix != ".gguf":
+        raise UserError(f"llama.cpp runs GGUF files only, got {spec!r} ('default', '{QWEN_MODEL}' or a .gguf path)",
+                        field="model")
+    if not path.exists():
+        raise UserError("model file does not exist", path=str(path))
+    return path
+
+
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or os.sep in spec.rstrip(os.sep) and spec.count("/") != 1
 

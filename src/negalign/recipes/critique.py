@@ -292,7 +292,7 @@ def teacher_spec(c: CritiqueConfig, student: str) -> dict:
     if c.teacher in (None, "", {}):
         return {"backend": "transformers", "model": student}
     spec = parse_spec(c.teacher)
-    if spec.get("backend", "auto") in ("transformers", "auto", "vllm"):
+    if spec.get("backend", "auto") in ("transformers", "auto", "vllm", "llamacpp"):
         spec.setdefault("model", student)
     return spec
 

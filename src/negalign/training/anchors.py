@@ -62,7 +62,7 @@ def make_sampler(cfg: Config, model=None, tokenizer=None):
     spec = {"backend": s.backend, "model": sampler_model(cfg)}
     if s.backend == "openai":
         spec.update(base_url=s.base_url, api_key_env=s.api_key_env)
-    elif s.backend in ("transformers", "auto"):  # the other backends refuse keys they do not use
+    elif s.backend in ("transformers", "auto", "llamacpp"):  # the other backends refuse keys they do not use
         spec["batch_size"] = s.batch_size
     return make_generator(spec, model=model, tokenizer=tokenizer)
 

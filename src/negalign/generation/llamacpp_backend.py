@@ -1,0 +1,221 @@
+"""Generation with llama.cpp on a GGUF file: its quantised CPU kernels, our prompts and our sampling.
+
+Why: on a CPU without fast bf16 the transformers backend runs the 1.5B teacher in fp32 on weights
+dequantised from the 4-bit GGUF; llama.cpp computes on the 4-bit weights directly. It is reached
+through llama-cpp-python's C API (`pip install 'negalign[llamacpp]'`, a compile of about 8 minutes),
+imported only when this backend is used.
+
+What stays ours: prompts are rendered by the model's chat template (the tokenizer read from the same
+GGUF) and passed as token ids, so llama.cpp sees exactly the prompt scoring and training see; and
+tokens are drawn by the transformers backend's seeded Gumbel sampler from llama.cpp's logits, so a
+sample depends on the seed, its prompt and its index only, as there. The logits themselves differ
+slightly from a transformers model dequantised from the same file (llama.cpp quantises activations
+to 8 bits inside its matmuls), so the two backends draw different samples from nearly the same model.
+
+Batching: rows (prompt, sample index) are decoded together, one llama.cpp sequence each; each
+distinct prompt is prefilled once and its KV cache copied to its other rows; a finished row leaves
+the batch. The context is sized per call for the longest prompt plus the token budget.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+
+import numpy as np
+import torch
+
+from negalign.base.errors import UserError
+from negalign.data.chat import encode_prompt, end_of_turn_id
+from negalign.data.records import Messages
+from negalign.generation.base import GenerationConfig, check_config
+from negalign.generation.transformers_backend import GenerationStats, GumbelSampler, sample_seed
+
+
+def llamacpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _llama():
+    if not llamacpp_available():
+        raise UserError("the llamacpp backend needs llama-cpp-python: pip install 'negalign[llamacpp]' "
+                        "(or `make setup-llamacpp`)", field="backend")
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # before the import installs its log hook
+    from llama_cpp import llama_cpp
+
+    return llama_cpp
+
+
+class LlamaCppGenerator:
+    """ChatGenerator on a GGUF model run by llama.cpp. `model`: "default", "qwen2.5-coder-1.5b" or a .gguf path.
+
+    batch_size: sequences decoded together. threads: CPU threads (default: torch's count).
+    prefill_tokens: prompt tokens per llama.cpp batch while prefilling. After each call, `last_stats`
+    holds the generated token count and wall time.
+    """
+
+    def __init__(self, model: str = "default", *, batch_size: int = 16, threads: int | None = None,
+                 prefill_tokens: int = 512, tokenizer=None):
+        from negalign.modeling.loading import gguf_file, load_tokenizer
+
+        for field, v in (("batch_size", batch_size), ("prefill_tokens", prefill_tokens)):
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"must be a positive integer, got {v!r}", field=field)
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise UserError(f"must be a positive integer, got {threads!r}", field="threads")
+        self.L = _llama()
+        self.path = gguf_file(model)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(str(self.path))
+        self.batch_size = batch_size
+        self.threads = threads or torch.get_num_threads()
+        self.prefill_tokens = prefill_tokens
+        self.last_stats = GenerationStats()
+        stops = {end_of_turn_id(self.tokenizer), self.tokenizer.eos_token_id}
+        self.stop_ids = sorted(s for s in stops if s is not None)
+        self.L.llama_backend_init()
+        self._model = self.L.llama_model_load_from_file(str(self.path).encode(), self.L.llama_model_default_params())
+        if not self._model:
+            raise UserError("llama.cpp cannot load this file", path=str(self.path))
+        self.vocab_size = self.L.llama_vocab_n_tokens(self.L.llama_model_get_vocab(self._model))
+        self._ctx, self._ctx_rows, self._ctx_per_row = None, 0, 0
+
+    def __repr__(self) -> str:
+        return f"LlamaCppGenerator(model={str(self.path)!r}, batch_size={self.batch_size})"
+
+    def __del__(self):
+        try:
+            if getattr(self, "_ctx", None):
+                self.L.llama_free(self._ctx)
+            if getattr(self, "_model", None):
+                self.L.llama_model_free(self._model)
+        except (TypeError, AttributeError):  # at interpreter exit the library may already be unloaded
+            pass
+        self._ctx = self._model = None
+
+    def generate(self, conversations: list[Messages], config: GenerationConfig) -> list[list[str]]:
+        check_config(config)
+        start = time.perf_counter()
+        stats = GenerationStats()
+        prompts = [encode_prompt(self.tokenizer, conv) for conv in conversations]
+        stats.prompt_tokens = sum(map(len, prompts))
+        greedy = config.temperature == 0
+        runs = 1 if greedy else config.n  # greedy samples of one prompt are identical
+        base_seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        rows = [(i, j) for i in order for j in range(runs)]
+        replies: list[list[str]] = [[""] * runs for _ in prompts]
+        for lo in range(0, len(rows), self.batch_size):
+            chunk = rows[lo:lo + self.batch_size]
+            texts, n_tokens = self._decode([prompts[i] for i, _ in chunk], [j for _, j in chunk], greedy,
+                                           config, base_seed)
+            for (i, j), text in zip(chunk, texts):
+                replies[i][j] = text
+            stats.tokens += n_tokens
+            stats.sequences += len(chunk)
+        stats.seconds = time.perf_counter() - start
+        self.last_stats = stats
+        return [r * config.n for r in replies] if greedy else replies
+
+    # ------------------------------------------------------------------ llama.cpp
+
+    def _context(self, rows: int, per_row: int):
+        """A context with `rows` sequences of at least `per_row` tokens each (KV memory cleared)."""
+        L = self.L
+        per_row = -(-per_row // 256) * 256  # llama.cpp pads a sequence's share to 256
+        if self._ctx is None or rows > self._ctx_rows or per_row > self._ctx_per_row:
+            if self._ctx is not None:
+                L.llama_free(self._ctx)
+                self._ctx = None
+            rows, per_row = max(rows, self._ctx_rows), max(per_row, self._ctx_per_row)
+            params = L.llama_context_default_params()
+            params.n_ctx = rows * per_row
+            params.n_seq_max = rows
+            params.n_batch = params.n_ubatch = max(self.prefill_tokens, rows)
+            params.n_threads = params.n_threads_batch = self.threads
+            params.kv_unified = False  # a stream per sequence: attention reads only that row's cache
+            self._ctx = L.llama_init_from_model(self._model, params)
+            if not self._ctx:
+                raise UserError(f"llama.cpp could not allocate a context of {rows} x {per_row} tokens "
+                                "(lower batch_size or max_new_tokens)", path=str(self.path))
+            self._ctx_rows, self._ctx_per_row = rows, per_row
+        L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+        return self._ctx
+
+    def _run(self, ctx, entries: list[tuple[int, int, int, bool]]) -> dict[int, torch.Tensor]:
+        """Decode (token, position, sequence, wants_logits) entries in batches of at most
+        `n_batch` tokens; returns the logits of the entries that want them, keyed by sequence."""
+        L = self.L
+        capacity = L.llama_n_batch(ctx)
+        out: dict[int, torch.Tensor] = {}
+        batch = L.llama_batch_init(capacity, 0, 1)
+        try:
+            for lo in range(0, len(entries), capacity):
+                part = entries[lo:lo + capacity]
+                for k, (token, pos, seq, wants) in enumerate(part):
+                    batch.token[k], batch.pos[k] = token, pos
+                    batch.n_seq_id[k], batch.seq_id[k][0], batch.logits[k] = 1, seq, wants
+                batch.n_tokens = len(part)
+                code = L.llama_decode(ctx, batch)
+                if code != 0:
+                    raise UserError(f"llama_decode failed with code {code} (1: no room in the KV cache)",
+                                    path=str(self.path))
+                for k, (_, _, seq, wants) in enumerate(part):
+                    if wants:
+                        row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, k), shape=(self.vocab_size,))
+                        out[seq] = torch.from_numpy(row.copy())  # llama.cpp reuses the buffer
+        finally:
+            L.llama_batch_free(batch)
+        return out
+
+    def _decode(self, prompts: list[list[int]], indices: list[int], greedy: bool, config: GenerationConfig,
+                base_seed: int) -> tuple[list[str], int]:
+        """Decode one batch; row r (llama.cpp sequence r) is sample `indices[r]` of `prompts[r]`."""
+        L = self.L
+        ctx = self._context(len(prompts), max(map(len, prompts)) + config.max_new_tokens)
+        memory = L.llama_get_memory(ctx)
+        first: dict[int, int] = {}  # id(prompt) -> the row that prefills it
+        entries = []
+        for r, ids in enumerate(prompts):
+            if id(ids) in first:
+                continue
+            first[id(ids)] = r
+            entries += [(t, p, r, p == len(ids) - 1) for p, t in enumerate(ids)]
+        logits_by_row = self._run(ctx, entries)
+        for r, ids in enumerate(prompts):  # the other samples of a prompt start from a copy of its cache
+            src = first[id(ids)]
+            if src != r:
+                L.llama_memory_seq_cp(memory, src, r, -1, -1)
+        logits = torch.stack([logits_by_row[first[id(ids)]] for ids in prompts])
+
+        sampler = None
+        if not greedy:
+            seeds = [sample_seed(base_seed, ids, j) for ids, j in zip(prompts, indices)]
+            sampler = GumbelSampler(seeds, config.temperature, config.top_p)
+        stop = set(self.stop_ids)
+        live = list(range(len(prompts)))
+        position = [len(ids) for ids in prompts]
+        generated: list[list[int]] = [[] for _ in prompts]
+        for step in range(config.max_new_tokens):
+            scores = logits if sampler is None else sampler(None, logits, live)
+            tokens = scores.argmax(-1).tolist()
+            still = []
+            for r, t in zip(live, tokens):
+                generated[r].append(t)
+                if t not in stop:
+                    still.append((r, t))
+            if step == config.max_new_tokens - 1 or not still:
+                break
+            for r in set(live) - {r for r, _ in still}:
+                L.llama_memory_seq_rm(memory, r, -1, -1)  # a finished row frees its cache
+            live = [r for r, _ in still]
+            step_logits = self._run(ctx, [(t, position[r], r, True) for r, t in still])
+            for r in live:
+                position[r] += 1
+            logits = torch.stack([step_logits[r] for r in live])
+        texts, count = [], 0
+        for ids in generated:
+            end = next((k for k, t in enumerate(ids) if t in stop), None)
+            count += len(ids) if end is None else end + 1
+            texts.append(self.tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True))
+        return texts, count

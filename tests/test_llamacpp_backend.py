@@ -1,0 +1,116 @@
+"""The llama.cpp backend on the bundled SmolLM2 GGUF (98 MB, loads in under a second in llama.cpp).
+
+Skipped where llama-cpp-python is not installed (`make setup-llamacpp`; CI installs it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from negalign.base.errors import UserError
+from negalign.data.chat import encode_prompt
+from negalign.generation.base import GenerationConfig
+from negalign.generation.factory import make_generator
+from negalign.modeling.loading import default_gguf_path, gguf_file
+
+needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                    reason="llama-cpp-python not installed (make setup-llamacpp)")
+
+CONVS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three colours of the sea."}],
+    [{"role": "user", "content": "Write a short poem about a cat."}],
+]
+
+
+@pytest.fixture(scope="module")
+def gen():
+    from negalign.generation.llamacpp_backend import LlamaCppGenerator
+
+    return LlamaCppGenerator("default", batch_size=8, threads=2)
+
+
+def test_gguf_file_names_what_it_runs(tmp_path):
+    assert gguf_file("default") == default_gguf_path()
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert gguf_file(str(gguf)) == gguf
+    with pytest.raises(UserError, match="GGUF files only"):
+        gguf_file(str(tmp_path))
+    with pytest.raises(UserError, match="does not exist"):
+        gguf_file(str(tmp_path / "missing.gguf"))
+
+
+def test_missing_package_is_a_clear_error(monkeypatch):
+    from negalign.generation import llamacpp_backend
+
+    monkeypatch.setattr(llamacpp_backend, "llamacpp_available", lambda: False)
+    with pytest.raises(UserError, match=r"negalign\[llamacpp\]"):
+        llamacpp_backend.LlamaCppGenerator("default")
+
+
+def test_factory_rejects_keys_it_does_not_use():
+    with pytest.raises(UserError, match="unknown key"):
+        make_generator({"backend": "llamacpp", "model": "default", "dtype": "bf16"})
+
+
+@needs_llamacpp
+def test_first_token_distribution_matches_the_transformers_model(gen):
+    """llama.cpp on the Q4_1 file and transformers on its dequantised weights are nearly the same model."""
+    from negalign.modeling.loading import load_model
+
+    model, tok = load_model("default")
+    for conv in CONVS:
+        ids = encode_prompt(tok, conv)
+        assert ids == encode_prompt(gen.tokenizer, conv)  # same prompt tokens from the GGUF's tokenizer
+        ctx = gen._context(1, len(ids) + 1)
+        ours = gen._run(ctx, [(t, p, 0, p == len(ids) - 1) for p, t in enumerate(ids)])[0]
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0, -1]
+        kl = torch.sum(ref.softmax(-1) * (ref.log_softmax(-1) - ours.log_softmax(-1)))
+        assert float(kl) < 0.03, float(kl)  # measured 0.003-0.008 nats; near-ties may swap the argmax
+        assert set(ours.topk(5).indices.tolist()) & set(ref.topk(3).indices.tolist()) == set(ref.topk(3).indices.tolist())
+
+
+@needs_llamacpp
+def test_greedy_replies_end_at_the_end_of_turn(gen):
+    replies = gen.generate(CONVS, GenerationConfig(n=2, temperature=0, max_new_tokens=48))
+    assert [len(r) for r in replies] == [2, 2, 2]
+    assert all(r[0] == r[1] for r in replies)  # greedy: decoded once, copied
+    assert "blue" in replies[1][0], replies[1][0]  # "The three primary colours of the sea are: red, blue, ..."
+    assert all("<|im_end|>" not in r[0] and r[0].strip() for r in replies)
+    assert 48 < gen.last_stats.tokens < 3 * 48 and gen.last_stats.sequences == 3  # the brief reply stopped
+
+
+@needs_llamacpp
+def test_samples_are_seeded_per_sample(gen):
+    config = GenerationConfig(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=5)
+    first = gen.generate(CONVS, config)
+    assert gen.generate(CONVS, config) == first
+    assert len({*first[2]}) > 1  # three draws of a poem differ
+    # a sample depends on its own prompt, not on which prompts share its call
+    assert gen.generate(CONVS[2:], config)[0] == first[2]
+    other = gen.generate(CONVS, GenerationConfig(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=6))
+    assert other != first
+
+
+@needs_llamacpp
+def test_copied_prompt_cache_continues_like_a_prefilled_one(gen):
+    """Samples 2..n start from a copy of sample 1's prompt cache; near-greedy draws show it is intact."""
+    greedy = gen.generate(CONVS, GenerationConfig(n=1, temperature=0, max_new_tokens=24))
+    cold = gen.generate(CONVS, GenerationConfig(n=4, temperature=1e-4, top_p=1.0, max_new_tokens=24, seed=1))
+    for g, samples in zip(greedy, cold):
+        assert samples == g * 4
+
+
+@needs_llamacpp
+def test_context_grows_for_a_longer_call(gen):
+    short = GenerationConfig(n=1, temperature=0, max_new_tokens=8)
+    alone = gen.generate(CONVS[:1], short)
+    long_conv = [{"role": "user", "content": "Repeat after me: " + "the quick brown fox " * 150}]
+    replies = gen.generate([long_conv, CONVS[0]], short)
+    assert gen._ctx_per_row >= len(encode_prompt(gen.tokenizer, long_conv)) + 8
+    assert replies[1] == alone[0]  # the short prompt decodes as it does alone
