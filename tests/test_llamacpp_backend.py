@@ -52,6 +52,15 @@ def test_missing_package_is_a_clear_error(monkeypatch):
         llamacpp_backend.LlamaCppGenerator("default")
 
 
+def test_spec_shorthand():
+    from negalign.generation.factory import parse_spec
+    from negalign.recipes.critique import CritiqueConfig, teacher_spec
+
+    assert parse_spec("llamacpp:qwen2.5-coder-1.5b") == {"backend": "llamacpp", "model": "qwen2.5-coder-1.5b"}
+    assert parse_spec("llamacpp") == {"backend": "llamacpp"}
+    assert teacher_spec(CritiqueConfig(teacher="llamacpp"), "default") == {"backend": "llamacpp", "model": "default"}
+
+
 def test_factory_rejects_keys_it_does_not_use():
     with pytest.raises(UserError, match="unknown key"):
         make_generator({"backend": "llamacpp", "model": "default", "dtype": "bf16"})

@@ -61,7 +61,7 @@ def add_critique_parser(sub) -> None:
                  ", its critique section is used")
     _rdpo_flags(p, {
         "preset": ("critique.preset", f"one of {', '.join(preset_names())} or a preset .yaml file"),
-        "teacher": ("critique.teacher", "teacher spec: transformers | openai:MODEL@BASE_URL | http://HOST/v1"),
+        "teacher": ("critique.teacher", "teacher spec: a model | llamacpp:MODEL | openai:MODEL@BASE_URL | http://HOST/v1"),
         "model": ("model.name", "student/teacher model when no teacher is given (default: bundled)"),
         "limit": ("critique.limit", "first N prompts (= --critique.limit)"),
         "run-dir": ("run_dir", "where critique.jsonl goes")})

@@ -4,6 +4,7 @@ Spec, any of:
 - a dict such as {"backend": "transformers", "model": "default", "batch_size": 32}; without a
   "backend" it is "openai" when a "base_url" is given ({"base_url": ..., "model": ...}), else "auto";
 - a string: a backend name "transformers" | "vllm" | "llamacpp" | "auto" | "openai", "openai:MODEL@BASE_URL",
+  "llamacpp:MODEL" (a GGUF model: "default", "qwen2.5-coder-1.5b" or a .gguf path),
   a bare http(s) URL (that server, model name "default"), or else a model spec ("default", a
   folder, a .gguf, a hub id) generated with locally by transformers;
 - an object that already has `generate` (a ChatGenerator), returned as it is.
@@ -45,6 +46,8 @@ def parse_spec(spec: str | dict) -> dict:
         if not sep or not model or not url:
             raise UserError(f"expected 'openai:MODEL@BASE_URL', got {spec!r}", field="backend")
         return {"backend": "openai", "model": model, "base_url": url}
+    if spec.startswith("llamacpp:") and spec != "llamacpp:":
+        return {"backend": "llamacpp", "model": spec[len("llamacpp:"):]}
     if spec in BACKENDS:
         return {"backend": spec}
     return {"backend": "transformers", "model": spec}

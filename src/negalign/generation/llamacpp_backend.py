@@ -37,13 +37,26 @@ def llamacpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+log = logging.getLogger("negalign.generation.llamacpp")
+_LOG_HOOK = []  # the ctypes callback must outlive every call into the library
+
+
 def _llama():
     if not llamacpp_available():
         raise UserError("the llamacpp backend needs llama-cpp-python: pip install 'negalign[llamacpp]' "
                         "(or `make setup-llamacpp`)", field="backend")
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # before the import installs its log hook
     from llama_cpp import llama_cpp
 
+    if not _LOG_HOOK:
+        # llama.cpp logs every tensor it loads; pass on its errors only. (llama-cpp-python's own hook
+        # maps ggml's current levels one off and prints warnings as errors.)
+        @llama_cpp.llama_log_callback
+        def hook(level, text, user_data):
+            if level == 4:  # GGML_LOG_LEVEL_ERROR
+                log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+        _LOG_HOOK.append(hook)
+        llama_cpp.llama_log_set(hook, None)
     return llama_cpp
 
 
@@ -71,13 +84,16 @@ class LlamaCppGenerator:
         self.threads = threads or torch.get_num_threads()
         self.prefill_tokens = prefill_tokens
         self.last_stats = GenerationStats()
-        stops = {end_of_turn_id(self.tokenizer), self.tokenizer.eos_token_id}
-        self.stop_ids = sorted(s for s in stops if s is not None)
         self.L.llama_backend_init()
         self._model = self.L.llama_model_load_from_file(str(self.path).encode(), self.L.llama_model_default_params())
         if not self._model:
             raise UserError("llama.cpp cannot load this file", path=str(self.path))
-        self.vocab_size = self.L.llama_vocab_n_tokens(self.L.llama_model_get_vocab(self._model))
+        vocab = self.L.llama_model_get_vocab(self._model)
+        self.vocab_size = self.L.llama_vocab_n_tokens(vocab)
+        # the chat template's end of turn, plus every special token llama.cpp counts as an end of generation
+        special = set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}))
+        stops = {end_of_turn_id(self.tokenizer)} | {t for t in special if self.L.llama_vocab_is_eog(vocab, t)}
+        self.stop_ids = sorted(stops)
         self._ctx, self._ctx_rows, self._ctx_per_row = None, 0, 0
 
     def __repr__(self) -> str:
