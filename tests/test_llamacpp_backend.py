@@ -76,6 +76,8 @@ def test_first_token_distribution_matches_the_transformers_model(gen):
         ids = encode_prompt(tok, conv)
         assert ids == encode_prompt(gen.tokenizer, conv)  # same prompt tokens from the GGUF's tokenizer
         ctx = gen._context(1, len(ids) + 1)
+        gen.L.llama_memory_seq_rm(gen.L.llama_get_memory(ctx), 0, -1, -1)  # sequence 0 from position 0
+        gen._cached.pop(0, None)
         ours = gen._run(ctx, [(t, p, 0, p == len(ids) - 1) for p, t in enumerate(ids)])[0]
         with torch.no_grad():
             ref = model(torch.tensor([ids])).logits[0, -1]
@@ -123,3 +125,18 @@ def test_context_grows_for_a_longer_call(gen):
     replies = gen.generate([long_conv, CONVS[0]], short)
     assert gen._ctx_per_row >= len(encode_prompt(gen.tokenizer, long_conv)) + 8
     assert replies[1] == alone[0]  # the short prompt decodes as it does alone
+
+
+@needs_llamacpp
+def test_next_turn_prefills_only_its_new_tokens(gen):
+    from negalign.generation.llamacpp_backend import LlamaCppGenerator
+
+    greedy = GenerationConfig(n=1, temperature=0, max_new_tokens=24)
+    first = gen.generate(CONVS, greedy)
+    turn2 = [c + [{"role": "assistant", "content": r[0]}, {"role": "user", "content": "Say it in one sentence."}]
+             for c, r in zip(CONVS, first)]
+    again = gen.generate(turn2, greedy)
+    # each turn-2 prompt starts with its turn-1 prompt and (re-tokenised) reply: all of that came from the cache
+    assert gen.last_reused_tokens >= sum(len(encode_prompt(gen.tokenizer, c)) for c in CONVS)
+    fresh = LlamaCppGenerator("default", batch_size=8, threads=2)
+    assert fresh.generate(turn2, greedy) == again and fresh.last_reused_tokens == 0

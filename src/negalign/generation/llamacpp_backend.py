@@ -14,7 +14,11 @@ to 8 bits inside its matmuls), so the two backends draw different samples from n
 
 Batching: rows (prompt, sample index) are decoded together, one llama.cpp sequence each; each
 distinct prompt is prefilled once and its KV cache copied to its other rows; a finished row leaves
-the batch. The context is sized per call for the longest prompt plus the token budget.
+the batch. Caches stay between calls: a prompt that extends what a sequence held after the last call
+(a chat's next turn, as in a teacher's answer -> critique -> revision) prefills only its new tokens.
+Prefill is most of a CPU teacher's time (each turn re-reads the conversation), so this is the
+backend's main saving there. The cached prefix was computed in other batches than a fresh prefill
+would use, so logits agree up to float rounding, as across batchings in the transformers backend.
 """
 
 from __future__ import annotations
@@ -64,15 +68,17 @@ class LlamaCppGenerator:
     """ChatGenerator on a GGUF model run by llama.cpp. `model`: "default", "qwen2.5-coder-1.5b" or a .gguf path.
 
     batch_size: sequences decoded together. threads: CPU threads (default: torch's count).
-    prefill_tokens: prompt tokens per llama.cpp batch while prefilling. After each call, `last_stats`
-    holds the generated token count and wall time.
+    prefill_tokens: prompt tokens per llama.cpp batch while prefilling. context_per_row: tokens of KV
+    cache per sequence (grown when a call needs more; growing drops the kept caches). After each call,
+    `last_stats` holds the generated token count and wall time.
     """
 
     def __init__(self, model: str = "default", *, batch_size: int = 16, threads: int | None = None,
-                 prefill_tokens: int = 512, tokenizer=None):
+                 prefill_tokens: int = 512, context_per_row: int = 2048, tokenizer=None):
         from negalign.modeling.loading import gguf_file, load_tokenizer
 
-        for field, v in (("batch_size", batch_size), ("prefill_tokens", prefill_tokens)):
+        for field, v in (("batch_size", batch_size), ("prefill_tokens", prefill_tokens),
+                         ("context_per_row", context_per_row)):
             if not isinstance(v, int) or v < 1:
                 raise UserError(f"must be a positive integer, got {v!r}", field=field)
         if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -94,7 +100,10 @@ class LlamaCppGenerator:
         special = set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}))
         stops = {end_of_turn_id(self.tokenizer)} | {t for t in special if self.L.llama_vocab_is_eog(vocab, t)}
         self.stop_ids = sorted(stops)
+        self.context_per_row = context_per_row
+        self.last_reused_tokens = 0  # prompt tokens the last batch found in the cache
         self._ctx, self._ctx_rows, self._ctx_per_row = None, 0, 0
+        self._cached: dict[int, list[int]] = {}  # sequence -> the tokens its cache holds
 
     def __repr__(self) -> str:
         return f"LlamaCppGenerator(model={str(self.path)!r}, batch_size={self.batch_size})"
@@ -136,9 +145,10 @@ class LlamaCppGenerator:
     # ------------------------------------------------------------------ llama.cpp
 
     def _context(self, rows: int, per_row: int):
-        """A context with `rows` sequences of at least `per_row` tokens each (KV memory cleared)."""
+        """A context with at least `rows` sequences of `per_row` tokens each; an existing one is kept
+        (with the caches of the last call) while it is large enough."""
         L = self.L
-        per_row = -(-per_row // 256) * 256  # llama.cpp pads a sequence's share to 256
+        per_row = -(-max(per_row, self.context_per_row) // 256) * 256  # llama.cpp pads a row's share to 256
         if self._ctx is None or rows > self._ctx_rows or per_row > self._ctx_per_row:
             if self._ctx is not None:
                 L.llama_free(self._ctx)
@@ -155,8 +165,38 @@ class LlamaCppGenerator:
                 raise UserError(f"llama.cpp could not allocate a context of {rows} x {per_row} tokens "
                                 "(lower batch_size or max_new_tokens)", path=str(self.path))
             self._ctx_rows, self._ctx_per_row = rows, per_row
-        L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+            self._cached = {}
         return self._ctx
+
+    def _assign(self, prompts: list[list[int]]) -> tuple[list[int], dict[int, int]]:
+        """A llama.cpp sequence per row, and for each row that prefills its prompt the number of prompt
+        tokens already in that sequence's cache.
+
+        The rows of one prompt share its prefill: the first row prefills, the others copy its cache. A
+        prompt that extends what a sequence holds from the last call (a chat's next turn: the last
+        prompt, the reply, a new message) takes that sequence and prefills only the new tokens.
+        """
+        free = set(range(self._ctx_rows))
+        seq: list[int] = [-1] * len(prompts)
+        reuse: dict[int, int] = {}  # prefilling row -> cached tokens it keeps
+        first: dict[int, int] = {}
+        for r, ids in enumerate(prompts):
+            if id(ids) in first:
+                continue
+            first[id(ids)] = r
+            best, keep = None, 0
+            for s in free:
+                n = _common_prefix(self._cached.get(s, ()), ids)
+                if n > keep or best is None:
+                    best, keep = s, n
+            seq[r] = best
+            free.discard(best)
+            reuse[r] = min(keep, len(ids) - 1)  # the last prompt token is decoded again for its logits
+        for r in range(len(prompts)):
+            if seq[r] < 0:
+                seq[r] = min(free)
+                free.discard(seq[r])
+        return seq, reuse
 
     def _run(self, ctx, entries: list[tuple[int, int, int, bool]]) -> dict[int, torch.Tensor]:
         """Decode (token, position, sequence, wants_logits) entries in batches of at most
@@ -186,23 +226,23 @@ class LlamaCppGenerator:
 
     def _decode(self, prompts: list[list[int]], indices: list[int], greedy: bool, config: GenerationConfig,
                 base_seed: int) -> tuple[list[str], int]:
-        """Decode one batch; row r (llama.cpp sequence r) is sample `indices[r]` of `prompts[r]`."""
+        """Decode one batch; row r is sample `indices[r]` of `prompts[r]`, in llama.cpp sequence seq[r]."""
         L = self.L
         ctx = self._context(len(prompts), max(map(len, prompts)) + config.max_new_tokens)
         memory = L.llama_get_memory(ctx)
-        first: dict[int, int] = {}  # id(prompt) -> the row that prefills it
+        seq, reuse = self._assign(prompts)
         entries = []
-        for r, ids in enumerate(prompts):
-            if id(ids) in first:
-                continue
-            first[id(ids)] = r
-            entries += [(t, p, r, p == len(ids) - 1) for p, t in enumerate(ids)]
-        logits_by_row = self._run(ctx, entries)
+        for r, keep in reuse.items():
+            L.llama_memory_seq_rm(memory, seq[r], keep, -1)  # drop what the new prompt does not share
+            ids = prompts[r]
+            entries += [(ids[p], p, seq[r], p == len(ids) - 1) for p in range(keep, len(ids))]
+        self.last_reused_tokens = sum(reuse.values())
+        logits_by_seq = self._run(ctx, entries)
+        source = {id(prompts[r]): seq[r] for r in reuse}
         for r, ids in enumerate(prompts):  # the other samples of a prompt start from a copy of its cache
-            src = first[id(ids)]
-            if src != r:
-                L.llama_memory_seq_cp(memory, src, r, -1, -1)
-        logits = torch.stack([logits_by_row[first[id(ids)]] for ids in prompts])
+            if source[id(ids)] != seq[r]:
+                L.llama_memory_seq_cp(memory, source[id(ids)], seq[r], -1, -1)
+        logits = torch.stack([logits_by_seq[source[id(ids)]] for ids in prompts])
 
         sampler = None
         if not greedy:
@@ -222,16 +262,25 @@ class LlamaCppGenerator:
                     still.append((r, t))
             if step == config.max_new_tokens - 1 or not still:
                 break
-            for r in set(live) - {r for r, _ in still}:
-                L.llama_memory_seq_rm(memory, r, -1, -1)  # a finished row frees its cache
-            live = [r for r, _ in still]
-            step_logits = self._run(ctx, [(t, position[r], r, True) for r, t in still])
+            live = [r for r, _ in still]  # a finished row keeps its cache for a next turn
+            step_logits = self._run(ctx, [(t, position[r], seq[r], True) for r, t in still])
             for r in live:
                 position[r] += 1
-            logits = torch.stack([step_logits[r] for r in live])
+            logits = torch.stack([step_logits[seq[r]] for r in live])
+        # what each sequence's cache now holds: the prompt and every reply token but the last (never decoded)
+        self._cached = {seq[r]: prompts[r] + generated[r][:-1] for r in range(len(prompts))}
         texts, count = [], 0
         for ids in generated:
             end = next((k for k, t in enumerate(ids) if t in stop), None)
             count += len(ids) if end is None else end + 1
             texts.append(self.tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True))
         return texts, count
+
+
+def _common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
