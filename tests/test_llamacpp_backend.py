@@ -140,3 +140,23 @@ def test_next_turn_prefills_only_its_new_tokens(gen):
     assert gen.last_reused_tokens >= sum(len(encode_prompt(gen.tokenizer, c)) for c in CONVS)
     fresh = LlamaCppGenerator("default", batch_size=8, threads=2)
     assert fresh.generate(turn2, greedy) == again and fresh.last_reused_tokens == 0
+
+
+@needs_llamacpp
+@pytest.mark.slow
+def test_sample_stage_draws_anchors_with_llamacpp(tmp_path):
+    """`negalign sample` with sample.backend: llamacpp on the bundled model and prompts, resumable as ever."""
+    from negalign.config import config_from_dict
+    from negalign.recipes import d2o
+
+    cfg = config_from_dict({
+        "run_dir": str(tmp_path / "run"),
+        "data": {"source": "bundled", "limit": 3, "max_negatives_per_prompt": 1},
+        "sample": {"backend": "llamacpp", "k": 2, "max_new_tokens": 16, "batch_size": 8},
+    })
+    anchors = d2o.stage_sample(cfg, log=lambda *_: None)
+    assert len(anchors) == 3 and all(len(a) == 2 and all(isinstance(x, str) for x in a) for a in anchors.values())
+    assert sum(bool(x.strip()) for a in anchors.values() for x in a) >= 5
+    lines = []
+    assert d2o.stage_sample(cfg, log=lines.append) == anchors  # the second run resumes: nothing drawn
+    assert any("already have anchors" in line for line in lines)

@@ -101,7 +101,7 @@ class LlamaCppGenerator:
         stops = {end_of_turn_id(self.tokenizer)} | {t for t in special if self.L.llama_vocab_is_eog(vocab, t)}
         self.stop_ids = sorted(stops)
         self.context_per_row = context_per_row
-        self.last_reused_tokens = 0  # prompt tokens the last batch found in the cache
+        self.last_reused_tokens = 0  # prompt tokens the last call found in the cache
         self._ctx, self._ctx_rows, self._ctx_per_row = None, 0, 0
         self._cached: dict[int, list[int]] = {}  # sequence -> the tokens its cache holds
 
@@ -130,6 +130,7 @@ class LlamaCppGenerator:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         rows = [(i, j) for i in order for j in range(runs)]
         replies: list[list[str]] = [[""] * runs for _ in prompts]
+        self.last_reused_tokens = 0
         for lo in range(0, len(rows), self.batch_size):
             chunk = rows[lo:lo + self.batch_size]
             texts, n_tokens = self._decode([prompts[i] for i, _ in chunk], [j for _, j in chunk], greedy,
@@ -236,7 +237,7 @@ class LlamaCppGenerator:
             L.llama_memory_seq_rm(memory, seq[r], keep, -1)  # drop what the new prompt does not share
             ids = prompts[r]
             entries += [(ids[p], p, seq[r], p == len(ids) - 1) for p in range(keep, len(ids))]
-        self.last_reused_tokens = sum(reuse.values())
+        self.last_reused_tokens += sum(reuse.values())
         logits_by_seq = self._run(ctx, entries)
         source = {id(prompts[r]): seq[r] for r in reuse}
         for r, ids in enumerate(prompts):  # the other samples of a prompt start from a copy of its cache
