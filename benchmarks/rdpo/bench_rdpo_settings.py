@@ -43,7 +43,7 @@ def has_hold(name: str) -> bool:
 
 
 def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
-                 preset: str = "safety", sets: list[str] | None = None):
+                 preset: str = "safety", sets: list[str] | None = None, teacher_backend: str = "transformers"):
     from negalign.recipes.rdpo import rdpo_settings_from_dict
 
     out = Path(out)
@@ -56,7 +56,7 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
         "train": {"tau": TAU, "epochs": epochs, "groups_per_step": 8, "micro_groups": 4, "lr": lr, "seed": seed,
                   "beta": 0.1, "precision": "auto", "save_every": 0, "warmup_ratio": 0.1},
         "critique": {"preset": preset, "limit": prompts, "sets": sets or PROMPT_SETS.get(preset),
-                     "teacher": {"backend": "transformers", "model": TEACHER, "batch_size": TEACHER_BATCH},
+                     "teacher": {"backend": teacher_backend, "model": TEACHER, "batch_size": TEACHER_BATCH},
                      "max_new_tokens": ANSWER_TOKENS, "critique_max_new_tokens": CRITIQUE_TOKENS,
                      "prompts_per_write": TEACHER_BATCH, "precision": "auto",
                      "output": str((out / "critique.jsonl").resolve())},
