@@ -160,3 +160,12 @@ def test_sample_stage_draws_anchors_with_llamacpp(tmp_path):
     lines = []
     assert d2o.stage_sample(cfg, log=lines.append) == anchors  # the second run resumes: nothing drawn
     assert any("already have anchors" in line for line in lines)
+
+
+@needs_llamacpp
+def test_factory_builds_it_with_every_key_it_names():
+    from negalign.generation.llamacpp_backend import LlamaCppGenerator
+
+    g = make_generator({"backend": "llamacpp", "model": "default", "batch_size": 4, "threads": 1,
+                        "prefill_tokens": 64, "context_per_row": 512})
+    assert isinstance(g, LlamaCppGenerator) and (g.batch_size, g.threads, g.context_per_row) == (4, 1, 512)

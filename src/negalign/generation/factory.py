@@ -23,7 +23,7 @@ BACKENDS = ("transformers", "vllm", "llamacpp", "openai", "auto")
 _KEYS = {
     "transformers": {"model", "batch_size", "progress"},
     "vllm": {"model", "dtype", "gpu_memory_utilization", "seed", "max_model_len"},
-    "llamacpp": {"model", "batch_size", "threads", "prefill_tokens"},
+    "llamacpp": {"model", "batch_size", "threads", "prefill_tokens", "context_per_row"},
     "openai": {"model", "base_url", "api_key_env", "timeout", "max_retries", "requests_per_minute",
                "concurrency", "extra_body", "backoff", "backoff_max"},
 }
