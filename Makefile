@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/data.txt
 	touch $(STAMP)
 
 # Optional: the llamacpp generation backend (GGUF models on llama.cpp's CPU kernels). pip compiles
-# llama.cpp for this CPU (-march=native; about 8 minutes on 2 cores) and caches the wheel.
+# llama.cpp for this CPU (-march=native; 6.5 minutes on 2 cores) and caches the wheel.
 setup-llamacpp: $(VENV)/.llamacpp
 
 $(VENV)/.llamacpp: $(STAMP) requirements/llamacpp.txt
