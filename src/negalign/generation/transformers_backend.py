@@ -54,16 +54,20 @@ def top_p_mask(logits: torch.Tensor, top_p: float, candidates: int = 1024) -> to
     """Boolean mask of the tokens outside the smallest set whose probability mass reaches top_p.
 
     A full sort of a 50k vocabulary costs more than a small model's decoding step on CPU, and the
-    nucleus is usually a few dozen tokens: look among the top `candidates` first and sort
-    everything only when some row's nucleus is larger.
+    nucleus is usually a few dozen tokens: look among the top `candidates` first and sort the whole
+    vocabulary only for the rows whose nucleus is larger (sorting every row when one of 64 needed it
+    took a third of the sampler's time on the 135M model).
     """
     probs = torch.softmax(logits, dim=-1)
-    if candidates < probs.shape[-1]:
-        top, order = torch.topk(probs, candidates, dim=-1)
-        if bool((top.sum(-1) >= top_p).all()):
-            return _drop_outside_nucleus(top, order, top_p, probs.shape)
-    top, order = torch.sort(probs, dim=-1, descending=True)
-    return _drop_outside_nucleus(top, order, top_p, probs.shape)
+    if candidates >= probs.shape[-1]:
+        return _drop_outside_nucleus(*torch.sort(probs, dim=-1, descending=True), top_p, probs.shape)
+    top, order = torch.topk(probs, candidates, dim=-1)
+    mask = _drop_outside_nucleus(top, order, top_p, probs.shape)
+    wide = (top.sum(-1) < top_p).nonzero().squeeze(1)
+    if len(wide):
+        rows = probs[wide]
+        mask[wide] = _drop_outside_nucleus(*torch.sort(rows, dim=-1, descending=True), top_p, rows.shape)
+    return mask
 
 
 def _drop_outside_nucleus(sorted_probs, order, top_p, shape) -> torch.Tensor:
