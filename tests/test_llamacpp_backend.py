@@ -128,6 +128,27 @@ def test_context_grows_for_a_longer_call(gen):
 
 
 @needs_llamacpp
+def test_a_next_turn_that_grows_the_context_keeps_its_cached_prefix():
+    from negalign.generation.llamacpp_backend import LlamaCppGenerator
+
+    greedy = GenerationConfig(n=1, temperature=0, max_new_tokens=16)
+    gen = LlamaCppGenerator("default", batch_size=4, threads=2, context_per_row=256)
+    first = gen.generate(CONVS, greedy)
+    width = gen._ctx_per_row
+    long_question = "Now list, for each word of this text, its length: " + "the quick brown fox " * 60
+    turn2 = [c + [{"role": "assistant", "content": r[0]}, {"role": "user", "content": long_question}]
+             for c, r in zip(CONVS, first)]
+    again = gen.generate(turn2, greedy)
+    assert gen._ctx_per_row > width  # grown, and the turn-1 caches moved into the larger context
+    assert gen.last_reused_tokens >= sum(len(encode_prompt(gen.tokenizer, c)) for c in CONVS)
+    # the same two turns in a context that had room from the start (a fresh prefill of turn 2 may
+    # differ by float rounding, enough to flip a near tie): moving the caches changed nothing
+    roomy = LlamaCppGenerator("default", batch_size=4, threads=2, context_per_row=1024)
+    assert roomy.generate(CONVS, greedy) == first
+    assert roomy.generate(turn2, greedy) == again and roomy.last_reused_tokens == gen.last_reused_tokens
+
+
+@needs_llamacpp
 def test_next_turn_prefills_only_its_new_tokens(gen):
     from negalign.generation.llamacpp_backend import LlamaCppGenerator
 

@@ -23,6 +23,7 @@ would use, so logits agree up to float rounding, as across batchings in the tran
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import time
@@ -69,12 +70,13 @@ class LlamaCppGenerator:
 
     batch_size: sequences decoded together. threads: CPU threads (default: torch's count).
     prefill_tokens: prompt tokens per llama.cpp batch while prefilling. context_per_row: tokens of KV
-    cache per sequence (grown when a call needs more; growing drops the kept caches). After each call,
+    cache per sequence at least; a call that needs more grows it (the longest prompt plus max_new_tokens),
+    moving the cached conversations into the larger cache. After each call,
     `last_stats` holds the generated token count and wall time.
     """
 
     def __init__(self, model: str = "default", *, batch_size: int = 16, threads: int | None = None,
-                 prefill_tokens: int = 512, context_per_row: int = 2048, tokenizer=None):
+                 prefill_tokens: int = 512, context_per_row: int = 256, tokenizer=None):
         from negalign.modeling.loading import gguf_file, load_tokenizer
 
         for field, v in (("batch_size", batch_size), ("prefill_tokens", prefill_tokens),
@@ -146,28 +148,44 @@ class LlamaCppGenerator:
     # ------------------------------------------------------------------ llama.cpp
 
     def _context(self, rows: int, per_row: int):
-        """A context with at least `rows` sequences of `per_row` tokens each; an existing one is kept
-        (with the caches of the last call) while it is large enough."""
+        """A context with at least `rows` sequences of `per_row` tokens each. An existing one is kept while
+        it is large enough; a larger one takes over the sequences cached by the last call (a teacher's
+        conversation keeps its prefix when its next turn needs more room)."""
         L = self.L
         per_row = -(-max(per_row, self.context_per_row) // 256) * 256  # llama.cpp pads a row's share to 256
-        if self._ctx is None or rows > self._ctx_rows or per_row > self._ctx_per_row:
-            if self._ctx is not None:
-                L.llama_free(self._ctx)
-                self._ctx = None
-            rows, per_row = max(rows, self._ctx_rows), max(per_row, self._ctx_per_row)
-            params = L.llama_context_default_params()
-            params.n_ctx = rows * per_row
-            params.n_seq_max = rows
-            params.n_batch = params.n_ubatch = max(self.prefill_tokens, rows)
-            params.n_threads = params.n_threads_batch = self.threads
-            params.kv_unified = False  # a stream per sequence: attention reads only that row's cache
-            self._ctx = L.llama_init_from_model(self._model, params)
-            if not self._ctx:
-                raise UserError(f"llama.cpp could not allocate a context of {rows} x {per_row} tokens "
-                                "(lower batch_size or max_new_tokens)", path=str(self.path))
-            self._ctx_rows, self._ctx_per_row = rows, per_row
-            self._cached = {}
+        if self._ctx is not None and rows <= self._ctx_rows and per_row <= self._ctx_per_row:
+            return self._ctx
+        saved = self._save_cached()
+        if self._ctx is not None:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        rows, per_row = max(rows, self._ctx_rows), max(per_row, self._ctx_per_row)
+        params = L.llama_context_default_params()
+        params.n_ctx = rows * per_row
+        params.n_seq_max = rows
+        params.n_batch = params.n_ubatch = max(self.prefill_tokens, rows)
+        params.n_threads = params.n_threads_batch = self.threads
+        params.kv_unified = False  # a stream per sequence: attention reads only that row's cache
+        self._ctx = L.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise UserError(f"llama.cpp could not allocate a context of {rows} x {per_row} tokens "
+                            "(lower batch_size or max_new_tokens)", path=str(self.path))
+        self._ctx_rows, self._ctx_per_row = rows, per_row
+        self._cached = {}
+        for seq, (tokens, state) in saved.items():
+            if L.llama_state_seq_set_data(self._ctx, state, len(state), seq):  # 0: not restored
+                self._cached[seq] = tokens
         return self._ctx
+
+    def _save_cached(self) -> dict[int, tuple[list[int], ctypes.Array]]:
+        """The KV state of every sequence the last call left in the cache, with its tokens."""
+        L, saved = self.L, {}
+        for seq, tokens in self._cached.items():
+            size = L.llama_state_seq_get_size(self._ctx, seq)
+            state = (ctypes.c_uint8 * size)()
+            if size and L.llama_state_seq_get_data(self._ctx, state, size, seq) == size:
+                saved[seq] = (tokens, state)
+        return saved
 
     def _assign(self, prompts: list[list[int]]) -> tuple[list[int], dict[int, int]]:
         """A llama.cpp sequence per row, and for each row that prefills its prompt the number of prompt
