@@ -114,6 +114,7 @@ def test_the_model_card_says_how_the_model_was_made_and_how_it_did(cfg, capsys):
     assert "| human negatives trained on | 6 |" in card and "| prompts | 4 |" in card and "| learning rate | 0.001 |" in card
     assert "K = 2 anchors per prompt sampled from the initial model" in card
     assert "6 optimizer steps" in card and "| loss |" in card and "Not evaluated yet" in card
+    assert "| precision | fp32 |" in card
     assert manifest_problem(out) is None  # the card is in the manifest
     evaluate_model(str(out), reference_spec=cfg.model.name, out_dir=Path(cfg.run_dir) / "eval", n_harmful=2,
                    n_benign=2, n_overrefusal=2, n_heldout=2, max_new_tokens=4, n_boot=50, judge=None,
@@ -130,6 +131,19 @@ def test_the_model_card_says_how_the_model_was_made_and_how_it_did(cfg, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith(f"{cfg.run_dir}  d2o  4 prompts  trained  |  refusal ") and "ppl " in line
     assert main(["runs", str(Path(cfg.run_dir) / "nothing")]) == 2
+
+
+def test_the_model_card_names_what_auto_precision_chose(tmp_path):
+    from negalign.base.io import write_jsonl
+    from negalign.base.rundir import RunDir
+    from negalign.training.model_card import precision_line
+
+    run = RunDir(tmp_path)
+    assert precision_line("auto", run) == "auto"  # not trained yet: nothing to say what it chose
+    run.metrics.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(run.metrics, [{"step": 1, "precision": "fp32"}, {"step": 2, "precision": "bf16"}])
+    assert precision_line("auto", run) == "auto (bf16 on the training machine)"
+    assert precision_line("fp32", run) == "fp32"
 
 
 def _train_data(cfg):

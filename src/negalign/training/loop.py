@@ -29,7 +29,7 @@ from negalign.base.rundir import RunDir
 from negalign.config import Config
 from negalign.modeling.loading import save_model
 from negalign.modeling.lora import is_lora
-from negalign.modeling.precision import PRECISIONS, describe as describe_precision
+from negalign.modeling.precision import PRECISIONS, describe as describe_precision, resolve as resolve_precision
 from negalign.objectives.registry import get_objective
 from negalign.training import tracking
 from negalign.training.checkpoints import (CHECKPOINT_PIN, checkpoint_fingerprint, list_checkpoints, load_checkpoint,
@@ -238,7 +238,7 @@ def metrics_row(trainer: Trainer, result: StepResult, step: int, batch_groups: i
     row.update(step=step + 1, lr=trainer.scheduler.get_last_lr()[0],
                grad_norm=float(result.grad_norm) if result.finite else None, tokens=int(totals[-1]),
                seconds=round(seconds, 3), tokens_per_s=round(totals[-1] / seconds, 1),
-               skipped=not result.finite)
+               skipped=not result.finite, precision=resolve_precision(trainer.settings.precision, acc.device))
     return row
 
 

@@ -103,6 +103,13 @@ def eval_lines(run: RunDir) -> list[str]:
             + _table(rows, ("metric", "value")))
 
 
+def precision_line(precision: str, run: RunDir) -> str:
+    """The configured precision, and for "auto" what the training resolved it to (its last metrics row)."""
+    rows = _read_jsonl(run.metrics)
+    used = rows[-1].get("precision") if rows else None
+    return f"auto ({used} on the training machine)" if precision == "auto" and used else precision
+
+
 def model_card(cfg: Config, run_dir: str | Path) -> str:
     """The card's Markdown, from what the run directory holds now."""
     run = RunDir(run_dir)
@@ -115,7 +122,7 @@ def model_card(cfg: Config, run_dir: str | Path) -> str:
     fingerprint = (_read_json(run.examples_meta) or {}).get("data_fingerprint", "n/a")
     settings = [("method", t.method), ("beta", t.beta), ("alpha", t.alpha), ("learning rate", t.lr),
                 ("epochs", t.epochs), ("max steps", t.max_steps), ("groups per step", t.groups_per_step),
-                ("precision", t.precision), ("LoRA", f"r={cfg.model.lora.r}" if cfg.model.lora.enabled else "no"),
+                ("precision", precision_line(t.precision, run)), ("LoRA", f"r={cfg.model.lora.r}" if cfg.model.lora.enabled else "no"),
                 ("seed", t.seed)]
     data = [("source", d.source if d.source != "bundled" else "bundled (pyrit human-labelled negatives)"),
             ("split", d.split), ("prompts", len(examples)), ("human negatives trained on", n_negatives),
