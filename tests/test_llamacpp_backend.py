@@ -33,6 +33,22 @@ def gen():
     return LlamaCppGenerator("default", batch_size=8, threads=2)
 
 
+@needs_llamacpp
+def test_the_bundled_model_runs_from_a_q8_copy_written_once(tmp_path, monkeypatch):
+    from negalign.generation.llamacpp_backend import runnable_gguf
+
+    monkeypatch.setenv("NEGALIGN_CACHE", str(tmp_path))
+    q8 = runnable_gguf("default")
+    assert q8.parent == tmp_path / "models" and q8.name.endswith(".Q8_0.gguf")
+    assert q8.stat().st_size > 1.3 * default_gguf_path().stat().st_size  # 8.5 bits a weight, not ~5
+    stamp = q8.stat().st_mtime_ns
+    assert runnable_gguf("default") == q8 and q8.stat().st_mtime_ns == stamp  # not rewritten
+    assert list((tmp_path / "models").iterdir()) == [q8]  # no temporary file left behind
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    assert runnable_gguf(str(other)) == other  # any other file runs as it is
+
+
 def test_gguf_file_names_what_it_runs(tmp_path):
     assert gguf_file("default") == default_gguf_path()
     gguf = tmp_path / "m.gguf"
@@ -68,7 +84,8 @@ def test_factory_rejects_keys_it_does_not_use():
 
 @needs_llamacpp
 def test_first_token_distribution_matches_the_transformers_model(gen):
-    """llama.cpp on the Q4_1 file and transformers on its dequantised weights are nearly the same model."""
+    """llama.cpp on the Q8_0 copy of the Q4_1 file and transformers on its dequantised weights are nearly the
+    same model (llama.cpp rounds activations to 8 bits inside its matmuls)."""
     from negalign.modeling.loading import load_model
 
     model, tok = load_model("default")
@@ -82,7 +99,7 @@ def test_first_token_distribution_matches_the_transformers_model(gen):
         with torch.no_grad():
             ref = model(torch.tensor([ids])).logits[0, -1]
         kl = torch.sum(ref.softmax(-1) * (ref.log_softmax(-1) - ours.log_softmax(-1)))
-        assert float(kl) < 0.03, float(kl)  # measured 0.003-0.008 nats; near-ties may swap the argmax
+        assert float(kl) < 0.03, float(kl)  # measured 0.004-0.012 nats; near-ties may swap the argmax
         assert set(ours.topk(5).indices.tolist()) & set(ref.topk(3).indices.tolist()) == set(ref.topk(3).indices.tolist())
 
 
@@ -91,7 +108,7 @@ def test_greedy_replies_end_at_the_end_of_turn(gen):
     replies = gen.generate(CONVS, GenerationConfig(n=2, temperature=0, max_new_tokens=48))
     assert [len(r) for r in replies] == [2, 2, 2]
     assert all(r[0] == r[1] for r in replies)  # greedy: decoded once, copied
-    assert "blue" in replies[1][0], replies[1][0]  # "The three primary colours of the sea are: red, blue, ..."
+    assert "blue" in replies[1][0].lower(), replies[1][0]  # "1. Blue\n2. Red\n3. Gold"
     assert all("<|im_end|>" not in r[0] and r[0].strip() for r in replies)
     assert 48 < gen.last_stats.tokens < 3 * 48 and gen.last_stats.sequences == 3  # the brief reply stopped
 
@@ -156,11 +173,17 @@ def test_next_turn_prefills_only_its_new_tokens(gen):
     first = gen.generate(CONVS, greedy)
     turn2 = [c + [{"role": "assistant", "content": r[0]}, {"role": "user", "content": "Say it in one sentence."}]
              for c, r in zip(CONVS, first)]
-    again = gen.generate(turn2, greedy)
+    ids = [encode_prompt(gen.tokenizer, c) for c in turn2]
+    _, cached = gen._prefill(gen._context(3, 256), ids)
     # each turn-2 prompt starts with its turn-1 prompt and (re-tokenised) reply: all of that came from the cache
     assert gen.last_reused_tokens >= sum(len(encode_prompt(gen.tokenizer, c)) for c in CONVS)
     fresh = LlamaCppGenerator("default", batch_size=8, threads=2)
-    assert fresh.generate(turn2, greedy) == again and fresh.last_reused_tokens == 0
+    _, prefilled = fresh._prefill(fresh._context(3, 256), ids)
+    assert fresh.last_reused_tokens == 0
+    # the same next-token distributions up to float rounding (a cached prefix was computed in other batches
+    # than a fresh prefill, so greedy replies can still part at a near tie)
+    kl = torch.sum(prefilled.softmax(-1) * (prefilled.log_softmax(-1) - cached.log_softmax(-1)), -1)
+    assert float(kl.max()) < 1e-3, kl.tolist()
 
 
 @needs_llamacpp

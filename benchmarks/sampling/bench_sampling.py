@@ -128,10 +128,9 @@ def llamacpp_rows(args, convs) -> list[tuple[str, object, object]]:
     from llama_cpp import Llama
 
     from negalign.generation.llamacpp_backend import LlamaCppGenerator
-    from negalign.modeling.loading import gguf_file
 
-    path = gguf_file(args.model)
     gen = LlamaCppGenerator(args.model, batch_size=args.batch_size)
+    path = gen.path  # both rows run the same file (for the 135M the Q8_0 copy of its GGUF)
     width = max(len(encode_prompt(gen.tokenizer, c)) for c in convs) + args.max_new_tokens
     llm = Llama(str(path), n_ctx=width + 16, n_threads=torch.get_num_threads(), verbose=False)
     llama_script(llm, gen.tokenizer, convs[:1], 2, 4, args.seed, args.batch_size)  # warm both
