@@ -89,13 +89,9 @@ def test_first_token_distribution_matches_the_transformers_model(gen):
     from negalign.modeling.loading import load_model
 
     model, tok = load_model("default")
-    for conv in CONVS:
+    for conv, ours in zip(CONVS, gen.next_token_logits(CONVS)):
         ids = encode_prompt(tok, conv)
         assert ids == encode_prompt(gen.tokenizer, conv)  # same prompt tokens from the GGUF's tokenizer
-        ctx = gen._context(1, len(ids) + 1)
-        gen.L.llama_memory_seq_rm(gen.L.llama_get_memory(ctx), 0, -1, -1)  # sequence 0 from position 0
-        gen._cached.pop(0, None)
-        ours = gen._run(ctx, [(t, p, 0, p == len(ids) - 1) for p, t in enumerate(ids)])[0]
         with torch.no_grad():
             ref = model(torch.tensor([ids])).logits[0, -1]
         kl = torch.sum(ref.softmax(-1) * (ref.log_softmax(-1) - ours.log_softmax(-1)))
@@ -121,6 +117,10 @@ def test_samples_are_seeded_per_sample(gen):
     assert len({*first[2]}) > 1  # three draws of a poem differ
     # a sample depends on its own prompt, not on which prompts share its call
     assert gen.generate(CONVS[2:], config)[0] == first[2]
+    # nor on when it was admitted: with 3 slots each prompt's rows wait for the previous prompt's to finish
+    from negalign.generation.llamacpp_backend import LlamaCppGenerator
+
+    assert LlamaCppGenerator("default", batch_size=3, threads=2).generate(CONVS, config) == first
     other = gen.generate(CONVS, GenerationConfig(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=6))
     assert other != first
 
@@ -173,12 +173,11 @@ def test_next_turn_prefills_only_its_new_tokens(gen):
     first = gen.generate(CONVS, greedy)
     turn2 = [c + [{"role": "assistant", "content": r[0]}, {"role": "user", "content": "Say it in one sentence."}]
              for c, r in zip(CONVS, first)]
-    ids = [encode_prompt(gen.tokenizer, c) for c in turn2]
-    _, cached = gen._prefill(gen._context(3, 256), ids)
+    cached = gen.next_token_logits(turn2)
     # each turn-2 prompt starts with its turn-1 prompt and (re-tokenised) reply: all of that came from the cache
     assert gen.last_reused_tokens >= sum(len(encode_prompt(gen.tokenizer, c)) for c in CONVS)
     fresh = LlamaCppGenerator("default", batch_size=8, threads=2)
-    _, prefilled = fresh._prefill(fresh._context(3, 256), ids)
+    prefilled = fresh.next_token_logits(turn2)
     assert fresh.last_reused_tokens == 0
     # the same next-token distributions up to float rounding (a cached prefix was computed in other batches
     # than a fresh prefill, so greedy replies can still part at a near tie)

@@ -157,27 +157,33 @@ class LlamaCppGenerator:
     def generate(self, conversations: list[Messages], config: GenerationConfig) -> list[list[str]]:
         check_config(config)
         start = time.perf_counter()
-        stats = GenerationStats()
         prompts = [encode_prompt(self.tokenizer, conv) for conv in conversations]
-        stats.prompt_tokens = sum(map(len, prompts))
         greedy = config.temperature == 0
         runs = 1 if greedy else config.n  # greedy samples of one prompt are identical
         base_seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         rows = [(i, j) for i in order for j in range(runs)]
-        replies: list[list[str]] = [[""] * runs for _ in prompts]
         self.last_reused_tokens = 0
-        for lo in range(0, len(rows), self.batch_size):
-            chunk = rows[lo:lo + self.batch_size]
-            texts, n_tokens = self._decode([prompts[i] for i, _ in chunk], [j for _, j in chunk], greedy,
-                                           config, base_seed)
-            for (i, j), text in zip(chunk, texts):
-                replies[i][j] = text
-            stats.tokens += n_tokens
-            stats.sequences += len(chunk)
-        stats.seconds = time.perf_counter() - start
-        self.last_stats = stats
+        texts, n_tokens = self._decode(prompts, rows, runs, greedy, config, base_seed)
+        replies: list[list[str]] = [[""] * runs for _ in prompts]
+        for (i, j), text in zip(rows, texts):
+            replies[i][j] = text
+        self.last_stats = GenerationStats(tokens=n_tokens, seconds=time.perf_counter() - start,
+                                          sequences=len(rows), prompt_tokens=sum(map(len, prompts)))
         return [r * config.n for r in replies] if greedy else replies
+
+    def next_token_logits(self, conversations: list[Messages]) -> torch.Tensor:
+        """[conversations, vocab] logits of the token after each rendered prompt (cached prefixes reused)."""
+        prompts = [encode_prompt(self.tokenizer, conv) for conv in conversations]
+        ctx = self._context(len(prompts), max(map(len, prompts)) + 1)
+        self.last_reused_tokens = 0
+        free, entries, first = set(range(self._ctx_rows)), [], []
+        for ids in prompts:
+            seqs, prefill = self._admit(ctx, ids, 1, free)
+            entries += prefill
+            first.append(seqs[0])
+        logits = self._run(ctx, entries)
+        return torch.stack([logits[s] for s in first])
 
     # ------------------------------------------------------------------ llama.cpp
 
@@ -221,35 +227,31 @@ class LlamaCppGenerator:
                 saved[seq] = (tokens, state)
         return saved
 
-    def _assign(self, prompts: list[list[int]]) -> tuple[list[int], dict[int, int]]:
-        """A llama.cpp sequence per row, and for each row that prefills its prompt the number of prompt
-        tokens already in that sequence's cache.
+    def _admit(self, ctx, ids: list[int], n: int, free: set[int]) -> tuple[list[int], list[tuple]]:
+        """Take `n` free sequences for a prompt; returns them and the prefill entries of the first.
 
-        The rows of one prompt share its prefill: the first row prefills, the others copy its cache. A
-        prompt that extends what a sequence holds from the last call (a chat's next turn: the last
-        prompt, the reply, a new message) takes that sequence and prefills only the new tokens.
-        """
-        free = set(range(self._ctx_rows))
-        seq: list[int] = [-1] * len(prompts)
-        reuse: dict[int, int] = {}  # prefilling row -> cached tokens it keeps
-        first: dict[int, int] = {}
-        for r, ids in enumerate(prompts):
-            if id(ids) in first:
-                continue
-            first[id(ids)] = r
-            best, keep = None, 0
-            for s in free:
-                n = _common_prefix(self._cached.get(s, ()), ids)
-                if n > keep or best is None:
-                    best, keep = s, n
-            seq[r] = best
-            free.discard(best)
-            reuse[r] = min(keep, len(ids) - 1)  # the last prompt token is decoded again for its logits
-        for r in range(len(prompts)):
-            if seq[r] < 0:
-                seq[r] = min(free)
-                free.discard(seq[r])
-        return seq, reuse
+        The first is the free sequence whose cache shares the longest prefix with the prompt (a chat's
+        next turn finds its conversation so far; prompts with one system turn share that), and only the
+        rest of the prompt is prefilled. The others are the free sequences holding the least; they get a
+        copy of the first's cache once it is prefilled (`_copy_prompt`)."""
+        L, memory = self.L, self.L.llama_get_memory(ctx)
+        keep, first = max((_common_prefix(self._cached.get(s, ()), ids), -s) for s in free)
+        first = -first
+        keep = min(keep, len(ids) - 1)  # the last prompt token is decoded again for its logits
+        free.discard(first)
+        others = sorted(free, key=lambda s: (len(self._cached.get(s, ())), s))[:n - 1]
+        free.difference_update(others)
+        L.llama_memory_seq_rm(memory, first, keep, -1)  # drop what the new prompt does not share
+        self.last_reused_tokens += keep
+        for s in [first, *others]:
+            self._cached[s] = ids
+        return [first, *others], [(ids[p], p, first, p == len(ids) - 1) for p in range(keep, len(ids))]
+
+    def _copy_prompt(self, ctx, seqs: list[int]) -> None:
+        memory = self.L.llama_get_memory(ctx)
+        for s in seqs[1:]:
+            self.L.llama_memory_seq_rm(memory, s, -1, -1)
+            self.L.llama_memory_seq_cp(memory, seqs[0], s, -1, -1)
 
     def _run(self, ctx, entries: list[tuple[int, int, int, bool]]) -> dict[int, torch.Tensor]:
         """Decode (token, position, sequence, wants_logits) entries in batches of at most
@@ -277,55 +279,57 @@ class LlamaCppGenerator:
             L.llama_batch_free(batch)
         return out
 
-    def _prefill(self, ctx, prompts: list[list[int]]) -> tuple[list[int], torch.Tensor]:
-        """Each row's sequence and the logits after its prompt: each distinct prompt prefilled once (only
-        the tokens its sequence's cache does not hold), its other rows start from a copy of that cache."""
-        L = self.L
-        memory = L.llama_get_memory(ctx)
-        seq, reuse = self._assign(prompts)
-        entries = []
-        for r, keep in reuse.items():
-            L.llama_memory_seq_rm(memory, seq[r], keep, -1)  # drop what the new prompt does not share
-            ids = prompts[r]
-            entries += [(ids[p], p, seq[r], p == len(ids) - 1) for p in range(keep, len(ids))]
-        self.last_reused_tokens += sum(reuse.values())
-        logits_by_seq = self._run(ctx, entries)
-        source = {id(prompts[r]): seq[r] for r in reuse}
-        for r, ids in enumerate(prompts):
-            if source[id(ids)] != seq[r]:
-                L.llama_memory_seq_cp(memory, source[id(ids)], seq[r], -1, -1)
-        return seq, torch.stack([logits_by_seq[source[id(ids)]] for ids in prompts])
+    def _decode(self, prompts: list[list[int]], rows: list[tuple[int, int]], runs: int, greedy: bool,
+                config: GenerationConfig, base_seed: int) -> tuple[list[str], int]:
+        """Decode `rows` ((prompt, sample index), each prompt's `runs` rows together), at most batch_size at a
+        time, continuously: when rows finish, the next prompts' rows take their sequences and are prefilled in
+        the same llama.cpp batch as the others' next tokens, so the batch stays full until the queue is empty.
 
-    def _decode(self, prompts: list[list[int]], indices: list[int], greedy: bool, config: GenerationConfig,
-                base_seed: int) -> tuple[list[str], int]:
-        """Decode one batch; row r is sample `indices[r]` of `prompts[r]`, in llama.cpp sequence seq[r]."""
-        ctx = self._context(len(prompts), max(map(len, prompts)) + config.max_new_tokens)
-        seq, logits = self._prefill(ctx, prompts)
+        A row's logits do not depend on the other rows of a batch (llama.cpp's 8-bit matmul paths are exact
+        per row), and its Gumbel noise comes from its own generator, so a sample depends on its seed, prompt
+        and index only, not on where it was admitted."""
+        slots = max(min(self.batch_size, len(rows)), runs)
+        ctx = self._context(slots, max(map(len, prompts)) + config.max_new_tokens)
         sampler = None
         if not greedy:
-            seeds = [sample_seed(base_seed, ids, j) for ids, j in zip(prompts, indices)]
-            sampler = GumbelSampler(seeds, config.temperature, config.top_p)
+            sampler = GumbelSampler([sample_seed(base_seed, prompts[i], j) for i, j in rows], config.temperature,
+                                    config.top_p)
         stop = set(self.stop_ids)
-        live = list(range(len(prompts)))
-        position = [len(ids) for ids in prompts]
-        generated: list[list[int]] = [[] for _ in prompts]
-        for step in range(config.max_new_tokens):
-            scores = logits if sampler is None else sampler(None, logits, live)
-            tokens = scores.argmax(-1).tolist()
-            still = []
+        free = set(range(self._ctx_rows))
+        pending = list(range(len(rows) - runs, -1, -runs))  # first row of each prompt, popped from the end
+        seq, position = [-1] * len(rows), [0] * len(rows)
+        generated: list[list[int]] = [[] for _ in rows]
+        decoding: list[tuple[int, int]] = []  # (row, its last drawn token, to be decoded next)
+        while pending or decoding:
+            entries = [(t, position[r], seq[r], True) for r, t in decoding]
+            admitted = []
+            while pending and len(decoding) + runs * (len(admitted) + 1) <= slots:
+                r0 = pending.pop()
+                ids = prompts[rows[r0][0]]
+                seqs, prefill = self._admit(ctx, ids, runs, free)
+                entries += prefill
+                for k, s in enumerate(seqs):
+                    seq[r0 + k], position[r0 + k] = s, len(ids)
+                admitted.append(r0)
+            logits = self._run(ctx, entries)
+            for r0 in admitted:
+                self._copy_prompt(ctx, seq[r0:r0 + runs])
+            for r, _ in decoding:
+                position[r] += 1
+            live = [r for r, _ in decoding] + [r0 + k for r0 in admitted for k in range(runs)]
+            # an admitted prompt's rows all start from the logits of its prefilled (first) sequence
+            scores = torch.stack([logits[seq[r]] for r, _ in decoding] + [logits[seq[r0]] for r0 in admitted
+                                                                          for _ in range(runs)])
+            tokens = (scores if sampler is None else sampler(None, scores, live)).argmax(-1).tolist()
+            decoding = []
             for r, t in zip(live, tokens):
                 generated[r].append(t)
-                if t not in stop:
-                    still.append((r, t))
-            if step == config.max_new_tokens - 1 or not still:
-                break
-            live = [r for r, _ in still]  # a finished row keeps its cache for a next turn
-            step_logits = self._run(ctx, [(t, position[r], seq[r], True) for r, t in still])
-            for r in live:
-                position[r] += 1
-            logits = torch.stack([step_logits[seq[r]] for r in live])
-        # what each sequence's cache now holds: the prompt and every reply token but the last (never decoded)
-        self._cached = {seq[r]: prompts[r] + generated[r][:-1] for r in range(len(prompts))}
+                if t in stop or len(generated[r]) == config.max_new_tokens:
+                    # the sequence now holds the prompt and every reply token but the last (never decoded)
+                    self._cached[seq[r]] = prompts[rows[r][0]] + generated[r][:-1]
+                    free.add(seq[r])
+                else:
+                    decoding.append((r, t))
         return decode_replies(self.tokenizer, generated, self.stop_ids)
 
 
