@@ -38,15 +38,15 @@ def test_the_bundled_model_runs_from_a_q8_copy_written_once(tmp_path, monkeypatc
     from negalign.generation.llamacpp_backend import runnable_gguf
 
     monkeypatch.setenv("NEGALIGN_CACHE", str(tmp_path))
-    q8 = runnable_gguf("default")
+    q8 = runnable_gguf(default_gguf_path())
     assert q8.parent == tmp_path / "models" and q8.name.endswith(".Q8_0.gguf")
     assert q8.stat().st_size > 1.3 * default_gguf_path().stat().st_size  # 8.5 bits a weight, not ~5
     stamp = q8.stat().st_mtime_ns
-    assert runnable_gguf("default") == q8 and q8.stat().st_mtime_ns == stamp  # not rewritten
+    assert runnable_gguf(default_gguf_path()) == q8 and q8.stat().st_mtime_ns == stamp  # not rewritten
     assert list((tmp_path / "models").iterdir()) == [q8]  # no temporary file left behind
     other = tmp_path / "other.gguf"
     other.write_bytes(b"GGUF")
-    assert runnable_gguf(str(other)) == other  # any other file runs as it is
+    assert runnable_gguf(other) == other  # any other file runs as it is
 
 
 def test_gguf_file_names_what_it_runs(tmp_path):

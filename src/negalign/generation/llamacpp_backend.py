@@ -21,8 +21,9 @@ tokens/s).
 
 Batching: rows (prompt, sample index) are decoded together, one llama.cpp sequence each; each
 distinct prompt is prefilled once and its KV cache copied to its other rows; a finished row leaves
-the batch and the next prompt's rows take its place (continuous batching). Caches stay between calls: a prompt that extends what a sequence held after the last call
-(a chat's next turn, as in a teacher's answer -> critique -> revision) prefills only its new tokens.
+the batch and the next prompt's rows take its place (continuous batching). Caches stay between
+calls: a prompt that extends what a sequence held after the last call (a chat's next turn, as in a
+teacher's answer -> critique -> revision) prefills only its new tokens.
 Prefill is most of a CPU teacher's time (each turn re-reads the conversation), so this is the
 backend's main saving there. The cached prefix was computed in other batches than a fresh prefill
 would use, so logits agree up to float rounding (greedy replies can part at a near tie).
@@ -74,12 +75,11 @@ def _llama():
     return llama_cpp
 
 
-def runnable_gguf(spec: str, threads: int = 1) -> Path:
-    """The file llama.cpp runs for a model spec: for the bundled 135M model a Q8_0 copy of its GGUF,
-    written once into the cache (about 2 s), for anything else the GGUF file itself."""
-    from negalign.modeling.loading import cache_dir, default_gguf_path, gguf_file
+def runnable_gguf(path: Path, threads: int = 1) -> Path:
+    """The file llama.cpp runs for a GGUF file: for the bundled 135M model's a Q8_0 copy, written once
+    into the cache (about 2 s), for any other the file itself."""
+    from negalign.modeling.loading import cache_dir, default_gguf_path
 
-    path = gguf_file(spec)
     if path != default_gguf_path():
         return path
     target = cache_dir() / "models" / (path.stem.split(".")[0] + ".Q8_0.gguf")
@@ -121,8 +121,9 @@ class LlamaCppGenerator:
             raise UserError(f"must be a positive integer, got {threads!r}", field="threads")
         self.L = _llama()
         self.threads = threads or torch.get_num_threads()
-        self.path = runnable_gguf(model, self.threads)
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(str(gguf_file(model)))
+        source = gguf_file(model)
+        self.path = runnable_gguf(source, self.threads)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(str(source))
         self.batch_size = batch_size
         self.prefill_tokens = prefill_tokens
         self.last_stats = GenerationStats()
@@ -316,10 +317,11 @@ class LlamaCppGenerator:
                 self._copy_prompt(ctx, seq[r0:r0 + runs])
             for r, _ in decoding:
                 position[r] += 1
-            live = [r for r, _ in decoding] + [r0 + k for r0 in admitted for k in range(runs)]
-            # an admitted prompt's rows all start from the logits of its prefilled (first) sequence
-            scores = torch.stack([logits[seq[r]] for r, _ in decoding] + [logits[seq[r0]] for r0 in admitted
-                                                                          for _ in range(runs)])
+            # (row, the sequence whose logits it draws from): an admitted prompt's rows all start from the
+            # logits of its prefilled (first) sequence
+            sources = [(r, seq[r]) for r, _ in decoding] + [(r0 + k, seq[r0]) for r0 in admitted for k in range(runs)]
+            live = [r for r, _ in sources]
+            scores = torch.stack([logits[s] for _, s in sources])
             tokens = (scores if sampler is None else sampler(None, scores, live)).argmax(-1).tolist()
             decoding = []
             for r, t in zip(live, tokens):

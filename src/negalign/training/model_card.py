@@ -77,8 +77,8 @@ def anchor_lines(cfg: Config, run: RunDir) -> list[str]:
     return lines
 
 
-def curve_lines(run: RunDir) -> list[str]:
-    rows = _read_jsonl(run.metrics)
+def curve_lines(rows: list[dict]) -> list[str]:
+    """The training curve from train/metrics.jsonl's rows."""
     if not rows:
         return ["No training metrics recorded."]
     first, last = rows[0], rows[-1]
@@ -103,9 +103,8 @@ def eval_lines(run: RunDir) -> list[str]:
             + _table(rows, ("metric", "value")))
 
 
-def precision_line(precision: str, run: RunDir) -> str:
+def precision_line(precision: str, rows: list[dict]) -> str:
     """The configured precision, and for "auto" what the training resolved it to (its last metrics row)."""
-    rows = _read_jsonl(run.metrics)
     used = rows[-1].get("precision") if rows else None
     return f"auto ({used} on the training machine)" if precision == "auto" and used else precision
 
@@ -120,10 +119,11 @@ def model_card(cfg: Config, run_dir: str | Path) -> str:
     n_negatives = sum(len(e.get("negatives", [])) if cap is None else min(cap, len(e.get("negatives", [])))
                       for e in examples)
     fingerprint = (_read_json(run.examples_meta) or {}).get("data_fingerprint", "n/a")
+    metrics = _read_jsonl(run.metrics)
     settings = [("method", t.method), ("beta", t.beta), ("alpha", t.alpha), ("learning rate", t.lr),
                 ("epochs", t.epochs), ("max steps", t.max_steps), ("groups per step", t.groups_per_step),
-                ("precision", precision_line(t.precision, run)), ("LoRA", f"r={cfg.model.lora.r}" if cfg.model.lora.enabled else "no"),
-                ("seed", t.seed)]
+                ("precision", precision_line(t.precision, metrics)),
+                ("LoRA", f"r={cfg.model.lora.r}" if cfg.model.lora.enabled else "no"), ("seed", t.seed)]
     data = [("source", d.source if d.source != "bundled" else "bundled (pyrit human-labelled negatives)"),
             ("split", d.split), ("prompts", len(examples)), ("human negatives trained on", n_negatives),
             ("negatives per prompt, at most", d.max_negatives_per_prompt), ("fingerprint", fingerprint)]
@@ -132,7 +132,7 @@ def model_card(cfg: Config, run_dir: str | Path) -> str:
              f"Trained with negalign {__version__} from `{cfg.model.name}`. Reproduce:", "",
              f"    negalign run -c {run.config}", "", "## Training", ""] + _table(settings)
     lines += ["", "## Data", ""] + _table(data) + ["", "## Anchors", ""] + anchor_lines(cfg, run)
-    lines += ["", "## Training curve", ""] + curve_lines(run) + ["", "## Evaluation", ""] + eval_lines(run)
+    lines += ["", "## Training curve", ""] + curve_lines(metrics) + ["", "## Evaluation", ""] + eval_lines(run)
     return "\n".join(str(x) for x in lines) + "\n"
 
 
