@@ -9,10 +9,10 @@ import urllib.request
 import pytest
 import torch
 
-from negalign.base.errors import UserError
+from negalign.base.errors import UserError, located
 from negalign.data.chat import encode_prompt
 from negalign.generation.base import GenerationConfig
-from negalign.generation.factory import make_generator, parse_spec
+from negalign.generation.factory import checked_spec, make_generator, parse_spec
 from negalign.generation.openai_backend import OpenAIChatGenerator
 from negalign.generation.server import serve
 from negalign.generation.transformers_backend import GumbelSampler, TransformersGenerator, top_p_mask
@@ -221,6 +221,29 @@ def test_factory_openai_and_errors(tiny_model, tokenizer):
         make_generator({"backend": "transformers", "base_url": "http://x"}, model=tiny_model, tokenizer=tokenizer)
     with pytest.raises(UserError, match="field 'base_url'"):
         make_generator({"backend": "openai", "model": "m"})
+
+
+def test_factory_errors_name_the_config_key():
+    # the spec's own config key prefixes its keys, for checks before and inside the backend alike
+    with pytest.raises(UserError, match=r"^run.yaml: field 'critique.teacher.threds': unknown key"):
+        checked_spec({"backend": "llamacpp", "threds": 2}, where="run.yaml", field="critique.teacher")
+    with pytest.raises(UserError, match=r"^run.yaml: field 'critique.teacher.backend': expected 'openai:"):
+        checked_spec("openai:nourl", where="run.yaml", field="critique.teacher")
+    with pytest.raises(UserError, match=r"^run.yaml: field 'sample.model': required for backend 'openai'"):
+        make_generator({"backend": "openai", "base_url": "http://h/v1"}, where="run.yaml", field="sample")
+    assert checked_spec("llamacpp:default", field="x") == {"backend": "llamacpp", "model": "default"}
+
+
+def test_located_keeps_errors_that_name_their_own_file():
+    with pytest.raises(UserError, match=r"^data.jsonl:3: field 'prompt': bad$"):
+        with located("run.yaml", "data"):
+            raise UserError("bad", path="data.jsonl", line=3, field="prompt")
+    with pytest.raises(UserError, match=r"^run.yaml: field 'rdpo.scorer': bad$"):
+        with located("run.yaml", "rdpo"):
+            raise UserError("bad", field="scorer")
+    with pytest.raises(UserError, match=r"^bad$"):
+        with located(None):
+            raise UserError("bad")
 
 
 def test_vllm_gate_without_gpu(monkeypatch):

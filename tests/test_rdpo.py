@@ -162,6 +162,10 @@ def test_config_errors_name_the_key(tmp_path):
         load_rdpo_config(None, {"train.tau": "-1"})
     with pytest.raises(UserError, match=r"field 'critique.precision': must be one of auto, bf16, fp32"):
         load_rdpo_config(None, {"critique.precision": "fp16"})
+    # a teacher spec is checked when the config is read, not after the stages before the critique
+    path.write_text("critique:\n  teacher: {backend: llamacpp, model: default, contxt: 64}\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"c.yaml: field 'critique.teacher.contxt': unknown key for backend 'llamacpp'"):
+        load_rdpo_config(path)
     warnings = []
     s = load_rdpo_config(None, set_overrides(["train.tau=0.05", "critique.limit=3",
                                               "critique.teacher=openai:m@http://h/v1"], warn=warnings.append))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """A mistake in the user's input (data, config, paths). Printed as one line, exit code 2.
@@ -28,3 +30,20 @@ class UserError(Exception):
         where = ": ".join(parts)
         text = " ".join(self.message.split())  # always one line
         return f"{where}: {text}" if where else text
+
+
+@contextmanager
+def located(where: str | None, field: str | None = None):
+    """Give a UserError raised inside that names no file the config file `where`, its field under `field`.
+
+    For parts that check a spec without knowing which config it came from (a generator, a scorer):
+    inside `located("run.yaml", "critique.teacher")` a UserError for field 'model' comes out as
+    "run.yaml: field 'critique.teacher.model': ...". Errors that name their own file pass unchanged.
+    """
+    try:
+        yield
+    except UserError as e:
+        if e.path is not None or (where is None and field is None):
+            raise
+        key = f"{field}.{e.field}" if field and e.field else (field or e.field)
+        raise UserError(e.message, path=where, line=e.line, field=key) from e

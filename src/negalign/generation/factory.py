@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from negalign.base.errors import UserError
+from negalign.base.errors import UserError, located
 from negalign.generation.base import ChatGenerator
 
 BACKENDS = ("transformers", "vllm", "llamacpp", "openai", "auto")
@@ -53,8 +53,26 @@ def parse_spec(spec: str | dict) -> dict:
     return {"backend": "transformers", "model": spec}
 
 
-def make_generator(spec: Any, *, model=None, tokenizer=None, where: str | None = None) -> ChatGenerator:
-    """A ChatGenerator for `spec` (see the module docstring). `where` (a config file path) is named in errors.
+def checked_spec(spec: Any, *, where: str | None = None, field: str | None = None) -> dict:
+    """The dict form of `spec` once its backend and key names are known good; for config-time checks.
+
+    Errors name `where` (a config file) and the key under `field` (the spec's own config key, e.g.
+    "critique.teacher"), so a typo fails when the config is read, not after hours of other stages.
+    """
+    with located(where, field):
+        spec = parse_spec(spec)
+        backend = spec.get("backend", "auto")
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}", field="backend")
+        for key in spec:
+            if key != "backend" and key not in _KEYS[backend]:
+                raise UserError(f"unknown key for backend {backend!r}; known: {sorted(_KEYS[backend])}", field=key)
+    return spec
+
+
+def make_generator(spec: Any, *, model=None, tokenizer=None, where: str | None = None,
+                   field: str | None = None) -> ChatGenerator:
+    """A ChatGenerator for `spec` (see the module docstring); errors name `where` and `field` (see checked_spec).
 
     A loaded `model` (and `tokenizer`) is reused by the transformers backend, never copied;
     with one given, "auto" stays on transformers, since vLLM would load the weights from disk
@@ -63,15 +81,13 @@ def make_generator(spec: Any, *, model=None, tokenizer=None, where: str | None =
     """
     if hasattr(spec, "generate"):
         return spec
-    spec = parse_spec(spec)
+    spec = checked_spec(spec, where=where, field=field)
+    with located(where, field):
+        return _build(spec, model, tokenizer)
+
+
+def _build(spec: dict, model, tokenizer) -> ChatGenerator:
     backend = spec.pop("backend", "auto")
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}", path=where,
-                        field="backend")
-    for key in spec:
-        if key not in _KEYS[backend]:
-            raise UserError(f"unknown key for backend {backend!r}; known: {sorted(_KEYS[backend])}",
-                            path=where, field=key)
     if backend == "auto":
         from negalign.generation.vllm_backend import vllm_available
 
@@ -91,7 +107,7 @@ def make_generator(spec: Any, *, model=None, tokenizer=None, where: str | None =
 
     for key in ("base_url", "model"):
         if not spec.get(key):
-            raise UserError("required for backend 'openai'", path=where, field=key)
+            raise UserError("required for backend 'openai'", field=key)
     return OpenAIChatGenerator(spec.pop("base_url"), spec.pop("model"), **spec)
 
 

@@ -519,9 +519,9 @@ def require_success(rows: list[dict], path: str | Path) -> dict[str, int]:
     return counts
 
 
-def make_teacher(c: CritiqueConfig, student: str, *, model=None, tokenizer=None):
+def make_teacher(c: CritiqueConfig, student: str, *, model=None, tokenizer=None, where: str | None = None):
     """The teacher ChatGenerator and a description of it (no secrets) for the meta file."""
     from negalign.generation.factory import make_generator
 
     spec = teacher_spec(c, student)
-    return make_generator(dict(spec), model=model, tokenizer=tokenizer), spec
+    return make_generator(dict(spec), model=model, tokenizer=tokenizer, where=where, field="critique.teacher"), spec

@@ -26,12 +26,13 @@ from typing import Any
 
 from negalign import config as config_module
 from negalign.modeling.precision import PRECISIONS
-from negalign.base.errors import UserError
+from negalign.base.errors import UserError, located
 from negalign.base.fingerprint import fingerprint
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json, write_jsonl
 from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
 from negalign.data.records import Example
+from negalign.generation.factory import checked_spec
 from negalign.recipes.critique import (OK, REVISION_TURNS, CritiqueConfig, build_prompts, critique_counts, make_teacher,
                                       preset_for, read_critiques, require_success, run_critique, teacher_spec)
 
@@ -102,6 +103,8 @@ def check_settings(s: RdpoSettings) -> None:
     if c.revision_turn not in REVISION_TURNS:
         raise UserError(f"must be one of {', '.join(REVISION_TURNS)}, got {c.revision_turn!r}", path=w,
                         field="critique.revision_turn")
+    if c.teacher not in (None, "", {}):
+        checked_spec(c.teacher, where=w, field="critique.teacher")
     if c.limit is not None and c.limit < 1:
         raise UserError("must be at least 1", path=w, field="critique.limit")
     for key in ("max_new_tokens", "critique_max_new_tokens", "prompts_per_write"):
@@ -375,13 +378,18 @@ def _teacher(settings: RdpoSettings) -> tuple[Any, Any]:
         from negalign.training.models import load_plain
 
         model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"), c.precision)
-    return make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok)
+    return make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok, where=settings.where)
+
+
+def _make_scorer(spec: Any, where: str | None):
+    from negalign.evaluation.scorers import make_scorer
+
+    with located(where, "rdpo"):  # the scorer's errors name its keys from "scorer"
+        return make_scorer(spec)
 
 
 def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=print) -> tuple[list[dict], PairStats]:
     """Score, label and filter; writes pairs.jsonl, pairs.dropped.jsonl and pairs.stats.json (cached)."""
-    from negalign.evaluation.scorers import make_scorer
-
     run = RunDir(settings.cfg.run_dir)
     spec, higher = scorer_spec(settings)
     r = settings.rdpo
@@ -399,7 +407,8 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
     scorable, early_drops, counts = split_scorable(rows)
     log(f"pairs: scoring {len(scorable)} pairs with {spec if isinstance(spec, str) else spec.get('type')} "
         f"({'higher' if higher else 'lower'} raw score = better), tau={settings.cfg.train.tau}")
-    s_o, s_r = score_rows_resumably(run, scorer_view(scorable, r.scorer_reads), lambda: scorer or make_scorer(spec),
+    s_o, s_r = score_rows_resumably(run, scorer_view(scorable, r.scorer_reads),
+                                    lambda: scorer or _make_scorer(spec, settings.where),
                                     spec if scorer is None else repr(scorer), higher, r.pairs_per_write, log=log)
     pairs, dropped, stats = make_pairs(scorable, s_o, s_r, tau=settings.cfg.train.tau,
                                        filter_not_better=r.filter_not_better, min_margin=r.min_margin)

@@ -83,7 +83,7 @@ def make_scorer(spec: str | dict):
             if extra:
                 raise UserError("a judge with a generator takes only max_new_tokens, max_chars, batch_size",
                                 field=f"scorer.{extra[0]}")
-            return LLMJudge(make_generator(opts.pop("generator")), **opts)
+            return LLMJudge(make_generator(opts.pop("generator"), field="scorer.generator"), **opts)
         bad = sorted(set(opts) & {"max_new_tokens", "max_chars"})
         if bad:
             raise UserError("only a judge with a generator writes free text", field=f"scorer.{bad[0]}")
