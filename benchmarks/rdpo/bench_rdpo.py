@@ -294,10 +294,10 @@ def main() -> None:
         run(v, 0)
     best = best_baseline(results, results["base"], a.preset)
     log(f"best baseline: {best}")
+    again = [v for v in a.variants if v in ("rdpo", best) or has_hold(v)]   # rDPO, the best baseline, hold variants
     for seed in a.more_seeds:
-        for v in ["rdpo", best] + [v for v in a.variants if has_hold(v)]:
-            if v:
-                run(v, seed)
+        for v in again:
+            run(v, seed)
 
     report = {"teacher": TEACHER, "teacher_backend": a.teacher_backend, "pair_scorer": scorer_spec(settings("rdpo", 0))[0], "args": vars(a), "pair_stats": stats.__dict__,
               "other_pair_stats": {k: st.__dict__ for k, (_, st) in pair_sets.items() if k != PAIR_SCORER},
