@@ -233,7 +233,8 @@ def main() -> None:
                    help="the preset's prompt sets (default: safety personas, sycophancy claims, roleplay all)")
     p.add_argument("--teacher-backend", choices=("transformers", "llamacpp"), default="transformers",
                    help="llamacpp: the teacher's GGUF on llama.cpp (make setup-llamacpp), about 3.7x faster on a CPU "
-                        "without fast bf16; every recorded run used transformers")
+                        "without fast bf16; the plain-set run (results_safety_mixed.json) used it, the earlier "
+                        "ones transformers")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
