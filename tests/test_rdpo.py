@@ -166,6 +166,14 @@ def test_config_errors_name_the_key(tmp_path):
     path.write_text("critique:\n  teacher: {backend: llamacpp, model: default, contxt: 64}\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"c.yaml: field 'critique.teacher.contxt': unknown key for backend 'llamacpp'"):
         load_rdpo_config(path)
+    # so is the pair scorer (its judge's generator too), before hours of critique
+    path.write_text("rdpo:\n  scorer: {type: judge, model: default, rubrik: harm15}\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"c.yaml: field 'rdpo.scorer.rubrik': unknown option for the judge scorer"):
+        load_rdpo_config(path)
+    path.write_text("rdpo:\n  scorer: {type: judge, generator: {backend: openai, base_url: http://h/v1, modl: m}}\n",
+                    encoding="utf-8")
+    with pytest.raises(UserError, match=r"c.yaml: field 'rdpo.scorer.generator.modl': unknown key for backend 'openai'"):
+        load_rdpo_config(path)
     warnings = []
     s = load_rdpo_config(None, set_overrides(["train.tau=0.05", "critique.limit=3",
                                               "critique.teacher=openai:m@http://h/v1"], warn=warnings.append))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from negalign.base.errors import UserError
-from negalign.evaluation.scorers import make_scorer
+from negalign.evaluation.scorers import checked_scorer_spec, make_scorer
 from negalign.evaluation.scorers.harm_classifier import HarmClassifier, exclusion_fingerprint, labelled_pairs
 from negalign.evaluation.scorers.judge import LLMJudge, parse_rating, parse_verdict
 from negalign.evaluation.scorers.refusal import RefusalDetector, is_off_topic
@@ -320,6 +320,11 @@ def test_make_scorer_specs(tiny_rm_dir, tiny_model_dir):
         make_scorer({"type": "judge", "model": str(tiny_model_dir), "probe": "/nonexistent/probe.json"})
     with pytest.raises(UserError, match="field 'scorer.bogus'"):
         make_scorer({"type": "refusal", "bogus": 1})
+    # the same checks without building anything (what a config check runs)
+    assert checked_scorer_spec("reward_model:/not/built") == ("reward_model", {"path": "/not/built"})
+    assert checked_scorer_spec({"type": "judge", "generator": "http://h/v1"})[0] == "judge"
+    with pytest.raises(UserError, match="field 'scorer.generator.backend': unknown backend"):
+        checked_scorer_spec({"type": "judge", "generator": {"backend": "nope"}})
 
 
 # ---------------------------------------------------------------- judge through a real local server

@@ -115,6 +115,11 @@ def check_settings(s: RdpoSettings) -> None:
     if r.scorer_reads not in SCORER_READS:
         raise UserError(f"must be one of {', '.join(SCORER_READS)}, got {r.scorer_reads!r}", path=w,
                         field="rdpo.scorer_reads")
+    if r.scorer not in (None, "", {}):
+        from negalign.evaluation.scorers import checked_scorer_spec
+
+        with located(w, "rdpo"):   # a typo in the scorer fails here, not after the critique
+            checked_scorer_spec(r.scorer)
 
 
 def load_rdpo_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RdpoSettings:

@@ -34,9 +34,10 @@ from negalign.evaluation.scorers.judge import LLMJudge
 from negalign.evaluation.scorers.judges import make_verdict_judge
 from negalign.evaluation.scorers.refusal import RefusalDetector
 from negalign.evaluation.scorers.reward_model import RewardModelScorer
-from negalign.generation.factory import make_generator
+from negalign.generation.factory import checked_spec, make_generator
 
-__all__ = ["HarmClassifier", "LLMJudge", "RefusalDetector", "RewardModelScorer", "make_scorer", "make_verdict_judge"]
+__all__ = ["HarmClassifier", "LLMJudge", "RefusalDetector", "RewardModelScorer", "checked_scorer_spec", "make_scorer",
+           "make_verdict_judge"]
 
 _OPTIONS = {
     "refusal": {"off_topic", "opening_chars"},
@@ -47,8 +48,9 @@ _OPTIONS = {
 }
 
 
-def make_scorer(spec: str | dict):
-    """Build a scorer from a name, 'reward_model:PATH', or a dict with 'type' and options."""
+def checked_scorer_spec(spec: str | dict) -> tuple[str, dict[str, Any]]:
+    """(kind, options) of a scorer spec once its kind and option names are known good; builds nothing,
+    so a config can be checked when it is read rather than when the scorer is first needed."""
     if isinstance(spec, str):
         kind, _, arg = spec.partition(":")
         opts: dict[str, Any] = {}
@@ -69,7 +71,26 @@ def make_scorer(spec: str | dict):
     unknown = sorted(set(opts) - _OPTIONS[kind])
     if unknown:
         raise UserError(f"unknown option for the {kind} scorer", field=f"scorer.{unknown[0]}")
+    if kind == "judge":
+        if "generator" in opts:
+            extra = sorted(set(opts) - {"max_new_tokens", "max_chars", "batch_size", "generator"})
+            if extra:
+                raise UserError("a judge with a generator takes only max_new_tokens, max_chars, batch_size",
+                                field=f"scorer.{extra[0]}")
+            if not hasattr(opts["generator"], "generate"):   # a spec, not a ChatGenerator object
+                checked_spec(opts["generator"], field="scorer.generator")
+        else:
+            bad = sorted(set(opts) & {"max_new_tokens", "max_chars"})
+            if bad:
+                raise UserError("only a judge with a generator writes free text", field=f"scorer.{bad[0]}")
+    if kind == "reward_model" and not opts.get("path"):
+        raise UserError("the reward_model scorer needs a path", field="reward_model")
+    return kind, opts
 
+
+def make_scorer(spec: str | dict):
+    """Build a scorer from a name, 'reward_model:PATH', or a dict with 'type' and options."""
+    kind, opts = checked_scorer_spec(spec)
     if kind == "refusal":
         return RefusalDetector(**opts)
     if kind == "harm_classifier":
@@ -78,16 +99,6 @@ def make_scorer(spec: str | dict):
         return HarmClassifier.default(opts.get("exclude_prompts", ()))
     if kind == "judge":
         if "generator" in opts:
-            free_text = {"max_new_tokens", "max_chars", "batch_size"}
-            extra = sorted(set(opts) - free_text - {"generator"})
-            if extra:
-                raise UserError("a judge with a generator takes only max_new_tokens, max_chars, batch_size",
-                                field=f"scorer.{extra[0]}")
             return LLMJudge(make_generator(opts.pop("generator"), field="scorer.generator"), **opts)
-        bad = sorted(set(opts) & {"max_new_tokens", "max_chars"})
-        if bad:
-            raise UserError("only a judge with a generator writes free text", field=f"scorer.{bad[0]}")
         return make_verdict_judge(**opts)
-    if not opts.get("path"):
-        raise UserError("the reward_model scorer needs a path", field="reward_model")
     return RewardModelScorer(opts.pop("path"), **opts)
