@@ -379,10 +379,11 @@ def _teacher(settings: RdpoSettings) -> tuple[Any, Any]:
     """The configured teacher and its description; a local one shares the student's loading settings."""
     c = settings.critique
     model = tok = None
-    if teacher_spec(c, settings.cfg.model.name).get("backend") in ("transformers", "auto"):
+    spec = teacher_spec(c, settings.cfg.model.name)
+    if spec.get("backend") in ("transformers", "auto"):
         from negalign.training.models import load_plain
 
-        model, tok = load_plain(settings.cfg, teacher_spec(c, settings.cfg.model.name).get("model"), c.precision)
+        model, tok = load_plain(settings.cfg, spec.get("model"), c.precision)
     return make_teacher(c, settings.cfg.model.name, model=model, tokenizer=tok, where=settings.where)
 
 
