@@ -46,7 +46,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,8 +64,17 @@ def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
-def past(deadline: str | None) -> bool:
-    return bool(deadline) and datetime.now().strftime("%H:%M") >= deadline
+def deadline_at(hhmm: str | None, start: datetime) -> datetime | None:
+    """The first HH:MM after `start` (so 00:40 given at 23:00 means the next day's)."""
+    if not hhmm:
+        return None
+    h, m = map(int, hhmm.split(":"))
+    at = start.replace(hour=h, minute=m, second=0, microsecond=0)
+    return at if at > start else at + timedelta(days=1)
+
+
+def past(deadline: datetime | None) -> bool:
+    return deadline is not None and datetime.now() >= deadline
 
 
 def persona_prompts() -> list:
@@ -240,8 +249,9 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--more-seeds", type=int, nargs="*", default=[1, 2],
                    help="extra seeds for rdpo, the best baseline and every -hold variant run")
-    p.add_argument("--deadline", default=None, help="HH:MM: start no new training or evaluation after it")
+    p.add_argument("--deadline", default=None, help="HH:MM (its next occurrence): start no new training or evaluation after it")
     a = p.parse_args()
+    deadline = deadline_at(a.deadline, datetime.now())
 
     from negalign.base.io import write_json, write_text
     from negalign.recipes.rdpo import make_pairs, scorer_spec, stage_critique, stage_pairs, stage_train
@@ -277,7 +287,7 @@ def main() -> None:
     def run(v: str, seed: int) -> None:
         name = f"{v}_s{seed}"
         last = "persona.json" if a.preset == "safety" else f"{a.preset}.json"   # the model's last evaluation
-        if past(a.deadline) and not (out / name / "eval" / last).exists():
+        if past(deadline) and not (out / name / "eval" / last).exists():
             log(f"{name}: skipped, past the deadline")
             return
         t0 = time.perf_counter()
