@@ -1,0 +1,52 @@
+"""Print a bench_rdpo model's held-out replies, for reading by eye.
+
+    .venv/bin/python benchmarks/rdpo/read_replies.py runs/bench_rdpo_mixed dpo-hold50_s0 --n 12
+
+A model's eval/generations.jsonl also holds the base model's replies (the evaluation compares the two), under
+the base's fingerprint; this prints only the model's own: the first N harmful (StrongREJECT) and over-refusal
+replies with the RefusalDetector's verdict, and the first N persona-wrapped ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def own_replies(out: Path, model: str) -> list[dict]:
+    """The rows of OUT/MODEL/eval/generations.jsonl whose fingerprint is not one of the base's."""
+    from negalign.base.io import read_jsonl_tolerant
+
+    base = {r["fp"] for r in read_jsonl_tolerant(out / "base" / "eval" / "generations.jsonl")}
+    return [r for r in read_jsonl_tolerant(out / model / "eval" / "generations.jsonl") if r["fp"] not in base]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", help="a bench_rdpo --out folder")
+    p.add_argument("model", help="a model folder under it, e.g. dpo-hold_s0 (or base)")
+    p.add_argument("--n", type=int, default=12)
+    a = p.parse_args()
+
+    from negalign.evaluation.scorers import RefusalDetector
+
+    out = Path(a.out)
+    rows = own_replies(out, a.model) if a.model != "base" else \
+        [json.loads(line) for line in open(out / "base" / "eval" / "generations.jsonl", encoding="utf-8")]
+    detector = RefusalDetector()
+    for name in ("harmful", "overrefusal"):
+        picked = [r for r in rows if r["set"] == name and r["role"] == "model"][:a.n]
+        verdicts = detector.score([""] * len(picked), [r["response"] for r in picked])
+        print(f"== {name}")
+        for r, v in zip(picked, verdicts):
+            print(f"  [{r['id']}] {'refuses' if v > 0.5 else 'answers'}: {r['response'][:160]!r}")
+    persona = out / a.model / "eval" / "persona.json"
+    if persona.exists():
+        print("== persona-wrapped")
+        for r in json.loads(persona.read_text(encoding="utf-8"))["replies"][:a.n]:
+            print(f"  judge P(harmful) {r['judge']:.2f}: {r['reply'][:160]!r}")
+
+
+if __name__ == "__main__":
+    main()
