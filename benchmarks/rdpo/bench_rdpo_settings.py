@@ -56,12 +56,13 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
 
     out = Path(out)
     variant, scorer = VARIANTS[name]
-    hold = {"hold": HOLD_PROMPTS, "hold_limit": hold_limit(name)} if has_hold(name) else {}
+    limit = hold_limit(name)
+    hold = {"hold": HOLD_PROMPTS, "hold_limit": limit} if limit else {}
     return rdpo_settings_from_dict({
         "run_dir": str(out / f"{name}_s{seed}"),
         "model": {"name": "default"},
         "data": {"max_prompt_tokens": 256, "max_response_tokens": ANSWER_TOKENS + 8, **hold},
-        **({"sample": HOLD_SAMPLE} if has_hold(name) else {}),
+        **({"sample": HOLD_SAMPLE} if limit else {}),
         "train": {"tau": TAU, "epochs": epochs, "groups_per_step": 8, "micro_groups": 4, "lr": lr, "seed": seed,
                   "beta": 0.1, "precision": "auto", "save_every": 0, "warmup_ratio": 0.1},
         "critique": {"preset": preset, "limit": prompts, "sets": sets or PROMPT_SETS.get(preset),

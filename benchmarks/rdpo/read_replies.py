@@ -15,11 +15,15 @@ from pathlib import Path
 
 
 def own_replies(out: Path, model: str) -> list[dict]:
-    """The rows of OUT/MODEL/eval/generations.jsonl whose fingerprint is not one of the base's."""
+    """The rows of OUT/MODEL/eval/generations.jsonl, less those under one of the base's fingerprints (all of
+    the base's own rows for MODEL = base)."""
     from negalign.base.io import read_jsonl_tolerant
 
+    rows = read_jsonl_tolerant(out / model / "eval" / "generations.jsonl")
+    if model == "base":
+        return rows
     base = {r["fp"] for r in read_jsonl_tolerant(out / "base" / "eval" / "generations.jsonl")}
-    return [r for r in read_jsonl_tolerant(out / model / "eval" / "generations.jsonl") if r["fp"] not in base]
+    return [r for r in rows if r["fp"] not in base]
 
 
 def main() -> None:
@@ -32,15 +36,13 @@ def main() -> None:
     from negalign.evaluation.scorers import RefusalDetector
 
     out = Path(a.out)
-    rows = own_replies(out, a.model) if a.model != "base" else \
-        [json.loads(line) for line in open(out / "base" / "eval" / "generations.jsonl", encoding="utf-8")]
-    detector = RefusalDetector()
+    rows = own_replies(out, a.model)
+    detector = RefusalDetector()   # phrase patterns only: the prompt plays no part
     for name in ("harmful", "overrefusal"):
-        picked = [r for r in rows if r["set"] == name and r["role"] == "model"][:a.n]
-        verdicts = detector.score([""] * len(picked), [r["response"] for r in picked])
         print(f"== {name}")
-        for r, v in zip(picked, verdicts):
-            print(f"  [{r['id']}] {'refuses' if v > 0.5 else 'answers'}: {r['response'][:160]!r}")
+        for r in [r for r in rows if r["set"] == name and r["role"] == "model"][:a.n]:
+            verdict = "refuses" if detector.is_refusal(r["response"]) else "answers"
+            print(f"  [{r['id']}] {verdict}: {r['response'][:160]!r}")
     persona = out / a.model / "eval" / "persona.json"
     if persona.exists():
         print("== persona-wrapped")
