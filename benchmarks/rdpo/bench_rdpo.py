@@ -244,6 +244,9 @@ def main() -> None:
                    help="llamacpp: the teacher's GGUF on llama.cpp (make setup-llamacpp), about 3.7x faster on a CPU "
                         "without fast bf16; the plain-set run (results_safety_mixed.json) used it, the earlier "
                         "ones transformers")
+    p.add_argument("--critique-seed", type=int, default=0,
+                   help="the teacher's sampling seed: another seed draws other answers, critiques and revisions "
+                        "(--more-seeds vary training only; every model of one --out shares one critique)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -262,7 +265,7 @@ def main() -> None:
 
     def settings(v: str, seed: int):
         return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts, preset=a.preset,
-                            sets=a.sets, teacher_backend=a.teacher_backend)
+                            sets=a.sets, teacher_backend=a.teacher_backend, critique_seed=a.critique_seed)
 
     if a.preset != "safety" and "rdpo-clf" in a.variants:
         p.error("rdpo-clf (labels from the harm classifier) is a safety variant")
