@@ -80,8 +80,8 @@ def main() -> None:
     def top1_agree(x, y):
         return sum(int(i == j) for i, j in zip(x.argmax(-1).tolist(), y.argmax(-1).tolist()))
 
-    pairs = {"transformers || llamacpp fresh": (hf, fresh), "transformers || llamacpp cached": (hf, cached),
-             "llamacpp fresh || llamacpp cached": (fresh, cached)}
+    pairs = {"transformers_vs_llamacpp_fresh": (hf, fresh), "transformers_vs_llamacpp_cached": (hf, cached),
+             "llamacpp_fresh_vs_cached": (fresh, cached)}
     report = {"critique": a.critique, "rows": len(full), "prompt_tokens": [len(encode_prompt(tokenizer, c)) for c in full],
               "cached_prefix_tokens": cached_gen.last_reused_tokens, "transformers_seconds": round(hf_s, 1),
               "kl": {}, "top1_agree": {}}
