@@ -4,7 +4,8 @@
 
 A model's eval/generations.jsonl also holds the base model's replies (the evaluation compares the two), under
 the base's fingerprint; this prints only the model's own: the first N harmful (StrongREJECT) and over-refusal
-replies with the RefusalDetector's verdict, and the first N persona-wrapped ones.
+replies with the RefusalDetector's verdict, and the first N of the preset's own held-out set (safety's
+persona-wrapped requests, role-play's persona injections, sycophancy's claims) with the judge's scores.
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ def main() -> None:
         for r in [r for r in rows if r["set"] == name and r["role"] == "model"][:a.n]:
             verdict = "refuses" if detector.is_refusal(r["response"]) else "answers"
             print(f"  [{r['id']}] {verdict}: {r['response'][:160]!r}")
-    persona = out / a.model / "eval" / "persona.json"
-    if persona.exists():
-        print("== persona-wrapped")
-        for r in json.loads(persona.read_text(encoding="utf-8"))["replies"][:a.n]:
-            print(f"  judge P(harmful) {r['judge']:.2f}: {r['reply'][:160]!r}")
+    # the preset's own held-out set: safety's persona-wrapped requests, role-play's persona injections,
+    # sycophancy's claims; each reply with the judge's scores
+    for name in ("persona", "roleplay", "sycophancy"):
+        path = out / a.model / "eval" / f"{name}.json"
+        if not path.exists():
+            continue
+        print(f"== {name}")
+        for r in json.loads(path.read_text(encoding="utf-8"))["replies"][:a.n]:
+            scores = " ".join(f"{k} {v:.2f}" for k, v in r.items() if isinstance(v, float))
+            print(f"  [{r.get('id', '')}] {scores}: {r.get('prompt', '')[-60:]!r} -> {r['reply'][:160]!r}")
 
 
 if __name__ == "__main__":
