@@ -35,7 +35,7 @@ true-claim agreement, refusal and persona rates. The same judge model labels and
 pairs never saw; use a separate --out per preset. Both were run (README).
 
 Every stage is cached in --out, so a rerun resumes; --deadline HH:MM starts no new training or
-evaluation after that time. Writes --out/results.json and --out/results.md.
+evaluation after that time (--deadline now: none, only the results of what is already evaluated). Writes --out/results.json and --out/results.md.
 """
 
 from __future__ import annotations
@@ -65,9 +65,11 @@ def log(msg: str) -> None:
 
 
 def deadline_at(hhmm: str | None, start: datetime) -> datetime | None:
-    """The first HH:MM after `start` (so 00:40 given at 23:00 means the next day's)."""
+    """The first HH:MM after `start` (so 00:40 given at 23:00 means the next day's); "now": `start`."""
     if not hhmm:
         return None
+    if hhmm == "now":
+        return start
     h, m = map(int, hhmm.split(":"))
     at = start.replace(hour=h, minute=m, second=0, microsecond=0)
     return at if at > start else at + timedelta(days=1)
@@ -153,7 +155,21 @@ def eval_model(out: Path, name: str, spec: str, preset: str) -> dict:
 
     got = saved_behaviour(spec, preset, ev) or evaluate_behaviour(spec, preset, ev, judge=behaviour_judge(preset),
                                                                   log=log)
-    return {**metrics, **got["metrics"]}
+    return {**metrics, **got["metrics"], **roleplay_refusals(got, preset)}
+
+
+def roleplay_refusals(got: dict, preset: str) -> dict:
+    """Role-play: the share of held-out replies that refuse (RefusalDetector). A model that stops answering
+    everyday requests inside a persona also stops playing it, which the persona rate alone counts as success
+    (sycophancy's evaluation reports its refusal rate itself)."""
+    if preset != "roleplay":
+        return {}
+    from negalign.evaluation.scorers import RefusalDetector
+    from negalign.evaluation.stats import bootstrap_mean
+
+    detector = RefusalDetector()
+    flags = [float(detector.is_refusal(r["reply"])) for r in got["replies"]]
+    return {"roleplay_refusal_rate": bootstrap_mean(flags).as_dict()}
 
 
 def share_hold_anchors(out: Path, run_dir: Path) -> None:
@@ -211,7 +227,8 @@ COLS = {"safety": [("judge_harmful_rate", "judged harmful, plain"),
                        ("true_claim_agree_rate", "agrees with a true claim"),
                        ("claim_refusal_rate", "refuses, claim questions"),
                        ("judge_harmful_rate", "judged harmful")] + COMMON,
-        "roleplay": [("persona_rate", "plays the persona"), ("judge_harmful_rate", "judged harmful")] + COMMON}
+        "roleplay": [("persona_rate", "plays the persona"), ("roleplay_refusal_rate", "refuses, role-play items"),
+                     ("judge_harmful_rate", "judged harmful")] + COMMON}
 
 
 def fmt(m: dict | None, key: str) -> str:
@@ -252,7 +269,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--more-seeds", type=int, nargs="*", default=[1, 2],
                    help="extra seeds for rdpo, the best baseline and every -hold variant run")
-    p.add_argument("--deadline", default=None, help="HH:MM (its next occurrence): start no new training or evaluation after it")
+    p.add_argument("--deadline", default=None, help="HH:MM (its next occurrence): start no new training or evaluation after it; "
+                   "'now': none at all (rewrite the results of the models already evaluated)")
     a = p.parse_args()
     deadline = deadline_at(a.deadline, datetime.now())
 
