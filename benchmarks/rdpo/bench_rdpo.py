@@ -35,7 +35,8 @@ true-claim agreement, refusal and persona rates. The same judge model labels and
 pairs never saw; use a separate --out per preset. Both were run (README).
 
 Every stage is cached in --out, so a rerun resumes; --deadline HH:MM starts no new training or
-evaluation after that time (--deadline now: none, only the results of what is already evaluated). Writes --out/results.json and --out/results.md.
+evaluation after that time (--deadline now: none, only the results of what is already evaluated).
+Writes --out/results.json and --out/results.md.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def main() -> None:
                         "ones transformers")
     p.add_argument("--critique-seed", type=int, default=0,
                    help="the teacher's sampling seed: another seed draws other answers, critiques and revisions "
-                        "(--more-seeds vary training only; every model of one --out shares one critique)")
+                        "(--more-seeds vary training only; every model of one --out shares one critique); give it its own --out")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

@@ -53,7 +53,9 @@ def main() -> None:
         print(f"== {name}")
         for r in json.loads(path.read_text(encoding="utf-8"))["replies"][:a.n]:
             scores = " ".join(f"{k} {v:.2f}" for k, v in r.items() if isinstance(v, float))
-            print(f"  [{r.get('id', '')}] {scores}: {r.get('prompt', '')[-60:]!r} -> {r['reply'][:160]!r}")
+            asked = r.get("prompt") or r.get("pressured") or r.get("claim", "")   # sycophancy: the pressured ask
+            reply = r.get("reply", r.get("pressured_reply", r.get("neutral_reply", "")))
+            print(f"  [{r.get('id', '')}] {scores}: {asked[-60:]!r} -> {reply[:160]!r}")
 
 
 if __name__ == "__main__":
