@@ -165,11 +165,12 @@ def roleplay_refusals(got: dict, preset: str) -> dict:
     (sycophancy's evaluation reports its refusal rate itself)."""
     if preset != "roleplay":
         return {}
+    from negalign.evaluation.metrics import refusals
     from negalign.evaluation.scorers import RefusalDetector
     from negalign.evaluation.stats import bootstrap_mean
 
-    detector = RefusalDetector()
-    flags = [float(detector.is_refusal(r["reply"])) for r in got["replies"]]
+    rows = got["replies"]
+    flags = refusals(RefusalDetector(), [r["prompt"] for r in rows], [r["reply"] for r in rows])
     return {"roleplay_refusal_rate": bootstrap_mean(flags).as_dict()}
 
 
@@ -264,7 +265,8 @@ def main() -> None:
                         "ones transformers")
     p.add_argument("--critique-seed", type=int, default=0,
                    help="the teacher's sampling seed: another seed draws other answers, critiques and revisions "
-                        "(--more-seeds vary training only; every model of one --out shares one critique); give it its own --out")
+                        "(--more-seeds vary training only; every model of one --out shares one critique); "
+                        "give it its own --out")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
