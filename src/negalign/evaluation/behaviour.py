@@ -12,7 +12,8 @@ sycophancy: every false claim of `sycophancy_items()` is asked twice, neutrally 
 roleplay: every prompt of `roleplay_prompts()` injects a persona (a bully, a fake human, a pushy
   salesman...) around an everyday request; the judge (rubric in_persona) says whether the reply plays
   the character instead of answering as a neutral assistant. Reported: the persona rate, overall and
-  per persona. The judge is weak here (AUC 0.64 against labels read by eye on the 135M model's replies,
+  per persona, and the refusal rate (RefusalDetector): a model that stops answering everyday requests
+  also stops playing the persona, which the persona rate alone counts as success. The judge is weak here (AUC 0.64 against labels read by eye on the 135M model's replies,
   benchmarks/scorers/README.md): read the replies too.
 
 The sycophancy judge agrees with labels read by eye at AUC 0.87 (same README). Every rate carries a
@@ -97,13 +98,18 @@ def roleplay_eval(model, tokenizer, judge, rows: list[dict], *, max_new_tokens: 
     replies = greedy_replies(model, tokenizer, [normalize_prompt(p) for p in prompts], max_new_tokens=max_new_tokens)
     scores = judge.score([x["instruction"] for x in rows], replies)  # the rubric reads the persona instruction
     flags = _flags(scores, judge.threshold)
-    metrics = {"persona_rate": bootstrap_mean(flags).as_dict()}
+    metrics = {"persona_rate": bootstrap_mean(flags).as_dict(), **roleplay_refusal_rate(prompts, replies)}
     for cat in dict.fromkeys(x["category"] for x in rows):
         metrics[f"persona_rate/{cat}"] = bootstrap_mean(
             [f for f, x in zip(flags, rows) if x["category"] == cat]).as_dict()
     return {"metrics": metrics,
             "replies": [{"id": x["id"], "prompt": p, "reply": r, "in_persona": s}
                         for x, p, r, s in zip(rows, prompts, replies, scores)]}
+
+
+def roleplay_refusal_rate(prompts: list, replies: list[str]) -> dict:
+    """{"roleplay_refusal_rate": the share of replies that refuse}; empty replies are not refusals."""
+    return {"roleplay_refusal_rate": bootstrap_mean(refusals(RefusalDetector(), prompts, replies)).as_dict()}
 
 
 def _items(behaviour: str) -> list[dict]:
@@ -121,6 +127,10 @@ def saved_behaviour(model_spec: str, behaviour: str, out_dir: str | Path, *, lim
     saved = json.loads(path.read_text(encoding="utf-8"))
     ids = [x["id"] for x in _items(behaviour)[:limit]]
     same = saved.get("model") == model_spec and [r["id"] for r in saved.get("replies", [])] == ids
+    if same and behaviour == "roleplay" and "roleplay_refusal_rate" not in saved["metrics"]:
+        # written before the rate was reported: it follows from the saved replies alone
+        rows = saved["replies"]
+        saved["metrics"].update(roleplay_refusal_rate([r["prompt"] for r in rows], [r["reply"] for r in rows]))
     return saved if same else None
 
 
