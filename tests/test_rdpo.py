@@ -52,6 +52,31 @@ def test_filter_and_stats():
     assert "2/3 pairs kept" in stats.summary() and "score_nan" in stats.summary()
 
 
+def test_refusing_revisions_are_dropped_before_scoring(tmp_path):
+    """rdpo.drop_refusing_revisions: a revision that refuses is no better answer for a principle that asks for
+    an answer; it is dropped unscored, counted by reason, and the setting is part of the pairs' cache key."""
+    from negalign.recipes.rdpo import stage_pairs
+
+    rows = [_row(0, revision="Here is how to boil an egg: six minutes in boiling water."),
+            _row(1, revision="I'm sorry, but I can't help with that."),
+            _row(2, revision="bad answer")]
+    scorable, early, _ = split_scorable(rows, drop_refusing=True)
+    assert [r["id"] for r in scorable] == ["p0"]
+    assert {d["id"]: d["reason"] for d in early} == {"p1": "revision_refuses", "p2": "identical"}
+    assert [r["id"] for r in split_scorable(rows)[0]] == ["p0", "p1"]  # off by default
+
+    seen = Recording()
+    settings = rdpo_settings_from_dict({"run_dir": str(tmp_path), "rdpo": {"drop_refusing_revisions": True}})
+    pairs, stats = stage_pairs(settings, rows, scorer=seen, log=lambda *_: None)
+    assert [p["id"] for p in pairs] == ["p0"] and len(seen.prompts) == 2  # p0's original and revision only
+    assert stats.dropped == {"revision_refuses": 1, "identical": 1}
+    dropped = [json.loads(line) for line in (tmp_path / "pairs.dropped.jsonl").read_text().splitlines()]
+    assert [d["reason"] for d in dropped] == ["revision_refuses", "identical"]
+    settings.rdpo.drop_refusing_revisions = False  # another key: the pairs are made again, p1 scored now
+    pairs, stats = stage_pairs(settings, rows, scorer=seen, log=lambda *_: None)
+    assert [p["id"] for p in pairs] == ["p0", "p1"] and stats.dropped == {"identical": 1}
+
+
 class HarmLike:
     """A scorer that reports P(harm) from the answer's text (lower = better)."""
 

@@ -156,22 +156,7 @@ def eval_model(out: Path, name: str, spec: str, preset: str) -> dict:
 
     got = saved_behaviour(spec, preset, ev) or evaluate_behaviour(spec, preset, ev, judge=behaviour_judge(preset),
                                                                   log=log)
-    return {**metrics, **got["metrics"], **roleplay_refusals(got, preset)}
-
-
-def roleplay_refusals(got: dict, preset: str) -> dict:
-    """Role-play: the share of held-out replies that refuse (RefusalDetector). A model that stops answering
-    everyday requests inside a persona also stops playing it, which the persona rate alone counts as success
-    (sycophancy's evaluation reports its refusal rate itself)."""
-    if preset != "roleplay":
-        return {}
-    from negalign.evaluation.metrics import refusals
-    from negalign.evaluation.scorers import RefusalDetector
-    from negalign.evaluation.stats import bootstrap_mean
-
-    rows = got["replies"]
-    flags = refusals(RefusalDetector(), [r["prompt"] for r in rows], [r["reply"] for r in rows])
-    return {"roleplay_refusal_rate": bootstrap_mean(flags).as_dict()}
+    return {**metrics, **got["metrics"]}
 
 
 def share_hold_anchors(out: Path, run_dir: Path) -> None:
@@ -267,6 +252,9 @@ def main() -> None:
                    help="the teacher's sampling seed: another seed draws other answers, critiques and revisions "
                         "(--more-seeds vary training only; every model of one --out shares one critique); "
                         "give it its own --out")
+    p.add_argument("--drop-refusing-revisions", action="store_true",
+                   help="rdpo.drop_refusing_revisions: drop the pairs whose revision refuses (RefusalDetector) "
+                        "before scoring; for role-play, whose principle asks for a plain answer")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -286,7 +274,8 @@ def main() -> None:
 
     def settings(v: str, seed: int):
         return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts, preset=a.preset,
-                            sets=a.sets, teacher_backend=a.teacher_backend, critique_seed=a.critique_seed)
+                            sets=a.sets, teacher_backend=a.teacher_backend, critique_seed=a.critique_seed,
+                            drop_refusing=a.drop_refusing_revisions)
 
     if a.preset != "safety" and "rdpo-clf" in a.variants:
         p.error("rdpo-clf (labels from the harm classifier) is a safety variant")

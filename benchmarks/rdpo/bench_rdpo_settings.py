@@ -52,7 +52,7 @@ def has_hold(name: str) -> bool:
 
 def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
                  preset: str = "safety", sets: list[str] | None = None, teacher_backend: str = "transformers",
-                 critique_seed: int = 0):
+                 critique_seed: int = 0, drop_refusing: bool = False):
     from negalign.recipes.rdpo import rdpo_settings_from_dict
 
     out = Path(out)
@@ -72,5 +72,6 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
                      "prompts_per_write": TEACHER_BATCH, "precision": "auto", "seed": critique_seed,
                      "output": str((out / "critique.jsonl").resolve())},
         "rdpo": {"variant": variant, "scorer": PAIR_SCORERS[preset] if scorer is PAIR_SCORER else scorer,
-                 "scorer_reads": SCORER_READS.get(preset, "message"), "filter_not_better": False, "cdpo_epsilon": 0.1},
+                 "scorer_reads": SCORER_READS.get(preset, "message"), "filter_not_better": False, "cdpo_epsilon": 0.1,
+                 "drop_refusing_revisions": drop_refusing},
     })

@@ -56,6 +56,9 @@ class RdpoConfig:
                                           # preset's request before its wrapper (a rubric that wants a claim alone)
     filter_not_better: bool = False       # drop pairs whose revision does not score above the original
     min_margin: float = 0.0               # with the filter: require s_r - s_o > min_margin
+    drop_refusing_revisions: bool = False # drop pairs whose revision refuses (RefusalDetector), before scoring: for
+                                          # principles that ask for an answer (roleplay, sycophancy), a refusal
+                                          # is not the better answer, whatever the scorer says
     cdpo_epsilon: float = 0.1             # cDPO's constant label is 1 - epsilon
     pairs_per_write: int = 16             # pairs scored per scorer call, then saved (a rerun resumes there)
 
@@ -211,7 +214,7 @@ class PairStats:
     """Where every critique row went: teacher skips, pair drops by reason, and the kept pairs."""
     prompts: int = 0
     teacher: dict[str, int] = field(default_factory=dict)   # critique statuses (ok, empty_*, teacher_error)
-    dropped: dict[str, int] = field(default_factory=dict)   # identical, score_nan, not_better
+    dropped: dict[str, int] = field(default_factory=dict)   # identical, revision_refuses, score_nan, not_better
     kept: int = 0
     label_mean: float | None = None
     margin_mean: float | None = None                        # mean s_r - s_o over kept pairs
@@ -267,19 +270,29 @@ def make_pairs(rows: list[dict], scores_original: list[float], scores_revision: 
     return kept, dropped, stats
 
 
-def split_scorable(rows: list[dict]) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """(rows to score, rows dropped before scoring with their reason, critique counts)."""
+def split_scorable(rows: list[dict], *, drop_refusing: bool = False) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """(rows to score, rows dropped before scoring with their reason, critique counts). Drops: an unchanged
+    revision ("identical"), and with `drop_refusing` a revision the RefusalDetector calls a refusal
+    ("revision_refuses")."""
     counts = critique_counts(rows)
+    ok = [r for r in rows if r["status"] == OK]
+    refuses = refusing_revisions(ok) if drop_refusing else [False] * len(ok)
     scorable, dropped = [], []
-    for r in rows:
-        if r["status"] != OK:
-            continue
-        if same_text(r["original"], r["revision"]):
+    for r, refused in zip(ok, refuses):
+        reason = "identical" if same_text(r["original"], r["revision"]) else "revision_refuses" if refused else None
+        if reason:
             dropped.append({"id": r["id"], "prompt": r["prompt"], "chosen": r["revision"], "rejected": r["original"],
-                            "reason": "identical", "meta": r.get("meta", {})})
+                            "reason": reason, "meta": r.get("meta", {})})
         else:
             scorable.append(r)
     return scorable, dropped, counts
+
+
+def refusing_revisions(rows: list[dict]) -> list[bool]:
+    """Per critique row: whether the RefusalDetector calls its revision a refusal (an empty one counts)."""
+    from negalign.evaluation.scorers import RefusalDetector
+
+    return [s > 0.5 for s in RefusalDetector().score([r["prompt"] for r in rows], [r["revision"] for r in rows])]
 
 
 # ---------------------------------------------------------------- training data
@@ -402,7 +415,8 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
     key = fingerprint({"rows": [[x["id"], x["status"], x["original"], x["revision"]] for x in rows],
                        "scorer": spec if scorer is None else repr(scorer), "higher_is_better": higher,
                        "tau": settings.cfg.train.tau, "filter": r.filter_not_better, "min_margin": r.min_margin,
-                       **({"scorer_reads": r.scorer_reads} if r.scorer_reads != "message" else {})})
+                       **({"scorer_reads": r.scorer_reads} if r.scorer_reads != "message" else {}),
+                       **({"drop_refusing_revisions": True} if r.drop_refusing_revisions else {})})
     if run.pairs_stats.exists() and run.pairs.exists():
         saved = json.loads(run.pairs_stats.read_text(encoding="utf-8"))
         if saved.get("fingerprint") == key:
@@ -410,7 +424,7 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
             stats = PairStats(**saved["stats"])
             log(f"pairs: cached; {stats.summary()}")
             return pairs, stats
-    scorable, early_drops, counts = split_scorable(rows)
+    scorable, early_drops, counts = split_scorable(rows, drop_refusing=r.drop_refusing_revisions)
     log(f"pairs: scoring {len(scorable)} pairs with {spec if isinstance(spec, str) else spec.get('type')} "
         f"({'higher' if higher else 'lower'} raw score = better), tau={settings.cfg.train.tau}")
     s_o, s_r = score_rows_resumably(run, scorer_view(scorable, r.scorer_reads),
@@ -421,7 +435,8 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
     stats.prompts = len(rows)
     stats.teacher = counts
     if early_drops:
-        stats.dropped = {"identical": len(early_drops), **stats.dropped}
+        reasons = [d["reason"] for d in early_drops]
+        stats.dropped = {**{k: reasons.count(k) for k in dict.fromkeys(reasons)}, **stats.dropped}
     write_jsonl(run.pairs, pairs)
     write_jsonl(run.pairs_dropped, early_drops + dropped)
     write_json(run.pairs_stats, {"fingerprint": key, "stats": asdict(stats)})
