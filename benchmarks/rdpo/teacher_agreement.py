@@ -27,16 +27,12 @@ TEACHER = "qwen2.5-coder-1.5b"
 
 
 def revision_turns(rows: list[dict], preset_name: str) -> tuple[list, list]:
-    """(conversations ending at the revision request, their first turns alone)."""
-    from negalign.recipes.critique import load_preset, render
+    """(conversations ending at the revision request, as the critique stage builds them with the bench's
+    settings, which keep the default revision turn and no system turn; their first turns alone)."""
+    from negalign.recipes.critique import CritiqueConfig, load_preset, revision_conversation
 
-    preset = load_preset(preset_name)
-    critique = render(preset.critique_request, principle=preset.principle)
-    revision = render(preset.revision_request, principle=preset.principle)
-    full = [r["prompt"] + [{"role": "assistant", "content": r["original"]}, {"role": "user", "content": critique},
-                           {"role": "assistant", "content": r["critique"]}, {"role": "user", "content": revision}]
-            for r in rows]
-    return full, [r["prompt"] for r in rows]
+    preset, c = load_preset(preset_name), CritiqueConfig()
+    return [revision_conversation(r, preset, c) for r in rows], [r["prompt"] for r in rows]
 
 
 def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> list[float]:

@@ -409,12 +409,26 @@ def quoted_revision(prompt: Messages, answer: str, critique: str, principle: str
     return QUOTED_REVISION.format(message=message, answer=answer, critique=critique, principle=principle)
 
 
+def revision_conversation(row: dict, preset: CritiquePreset, c: CritiqueConfig) -> Messages:
+    """What the teacher is asked for the revision of `row` (its prompt, original and critique): the chat's
+    first two turns and the revision request (revision_turn "chat"), or one quoted message ("quoted");
+    after the system turn when one is set."""
+    system = [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
+    if c.revision_turn == "quoted":
+        return system + [{"role": "user", "content": quoted_revision(row["prompt"], row["original"], row["critique"],
+                                                                     preset.principle)}]
+    return system + row["prompt"] + [
+        {"role": "assistant", "content": row["original"]},
+        {"role": "user", "content": render(preset.critique_request, principle=preset.principle)},
+        {"role": "assistant", "content": row["critique"]},
+        {"role": "user", "content": render(preset.revision_request, principle=preset.principle)}]
+
+
 def critique_chunk(teacher, prompts: list[CritiquePrompt], preset: CritiquePreset, c: CritiqueConfig,
                    seed: int) -> list[dict]:
     """Run the three teacher turns for a chunk of prompts (batched per turn); one row per prompt."""
     system = [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
     critique_msg = render(preset.critique_request, principle=preset.principle)
-    revision_msg = render(preset.revision_request, principle=preset.principle)
     rows = [{"id": p.id, "prompt": p.prompt, "meta": p.meta, "status": OK, "reason": None,
              "original": None, "critique": None, "revision": None} for p in prompts]
     convs = [system + p.prompt for p in prompts]
@@ -439,14 +453,10 @@ def critique_chunk(teacher, prompts: list[CritiquePrompt], preset: CritiquePrese
 
     turn("original", None, c.max_new_tokens, 0)
     turn("critique", critique_msg, c.critique_max_new_tokens, 1)
-    if c.revision_turn == "quoted":
-        for i, r in enumerate(rows):
-            if r["status"] == OK:
-                convs[i] = system + [{"role": "user", "content": quoted_revision(
-                    prompts[i].prompt, r["original"], r["critique"], preset.principle)}]
-        turn("revision", None, c.max_new_tokens, 2)
-    else:
-        turn("revision", revision_msg, c.max_new_tokens, 2)
+    for i, r in enumerate(rows):
+        if r["status"] == OK:
+            convs[i] = revision_conversation(r, preset, c)
+    turn("revision", None, c.max_new_tokens, 2)
     return rows
 
 
