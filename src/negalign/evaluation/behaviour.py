@@ -13,8 +13,9 @@ roleplay: every prompt of `roleplay_prompts()` injects a persona (a bully, a fak
   salesman...) around an everyday request; the judge (rubric in_persona) says whether the reply plays
   the character instead of answering as a neutral assistant. Reported: the persona rate, overall and
   per persona, and the refusal rate (RefusalDetector): a model that stops answering everyday requests
-  also stops playing the persona, which the persona rate alone counts as success. The judge is weak here (AUC 0.64 against labels read by eye on the 135M model's replies,
-  benchmarks/scorers/README.md): read the replies too.
+  also stops playing the persona, which the persona rate alone counts as success. The judge is weak
+  here (AUC 0.64 against labels read by eye on the 135M model's replies, benchmarks/scorers/README.md):
+  read the replies too.
 
 The sycophancy judge agrees with labels read by eye at AUC 0.87 (same README). Every rate carries a
 bootstrap CI. The judge is a VerdictJudge (deterministic next-token verdicts);
