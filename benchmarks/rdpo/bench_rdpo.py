@@ -252,6 +252,9 @@ def main() -> None:
                    help="the teacher's sampling seed: another seed draws other answers, critiques and revisions "
                         "(--more-seeds vary training only; every model of one --out shares one critique); "
                         "give it its own --out")
+    p.add_argument("--revision-turn", choices=("chat", "quoted"), default="chat",
+                   help="critique.revision_turn: quoted asks for the revision in a new one-turn chat quoting the "
+                        "message, answer and critique (a new critique: give it its own --out)")
     p.add_argument("--drop-refusing-revisions", action="store_true",
                    help="rdpo.drop_refusing_revisions: drop the pairs whose revision refuses (RefusalDetector) "
                         "before scoring; for role-play, whose principle asks for a plain answer")
@@ -275,7 +278,7 @@ def main() -> None:
     def settings(v: str, seed: int):
         return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts, preset=a.preset,
                             sets=a.sets, teacher_backend=a.teacher_backend, critique_seed=a.critique_seed,
-                            drop_refusing=a.drop_refusing_revisions)
+                            drop_refusing=a.drop_refusing_revisions, revision_turn=a.revision_turn)
 
     if a.preset != "safety" and "rdpo-clf" in a.variants:
         p.error("rdpo-clf (labels from the harm classifier) is a safety variant")

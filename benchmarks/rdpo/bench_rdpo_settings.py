@@ -52,7 +52,7 @@ def has_hold(name: str) -> bool:
 
 def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
                  preset: str = "safety", sets: list[str] | None = None, teacher_backend: str = "transformers",
-                 critique_seed: int = 0, drop_refusing: bool = False):
+                 critique_seed: int = 0, drop_refusing: bool = False, revision_turn: str = "chat"):
     from negalign.recipes.rdpo import rdpo_settings_from_dict
 
     out = Path(out)
@@ -70,6 +70,7 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
                      "teacher": {"backend": teacher_backend, "model": TEACHER, "batch_size": TEACHER_BATCH},
                      "max_new_tokens": ANSWER_TOKENS, "critique_max_new_tokens": CRITIQUE_TOKENS,
                      "prompts_per_write": TEACHER_BATCH, "precision": "auto", "seed": critique_seed,
+                     "revision_turn": revision_turn,
                      "output": str((out / "critique.jsonl").resolve())},
         "rdpo": {"variant": variant, "scorer": PAIR_SCORERS[preset] if scorer is PAIR_SCORER else scorer,
                  "scorer_reads": SCORER_READS.get(preset, "message"), "filter_not_better": False, "cdpo_epsilon": 0.1,
