@@ -108,23 +108,27 @@ def test_roleplay_rates_per_persona(tiny_model, tokenizer):
 
 
 def test_roleplay_reports_how_often_it_refuses(tmp_path, monkeypatch):
-    """Refusing inside a persona is counted (empty replies are not refusals); a file saved before the rate
-    existed gets it from its own replies."""
+    """Refusing inside a persona is counted (empty replies are not refusals), and the persona rate among the
+    replies that do not refuse; a file saved before these rates existed gets them from its own replies."""
     from negalign.evaluation import behaviour
 
     rows = roleplay_prompts()[:3]
-    replies = ["I'm sorry, but I can't help with that.", "Boil it for six minutes.", ""]
+    replies = ["I'm sorry, but I can't help with that.", "Boil it for six minutes, matey.", ""]
     monkeypatch.setattr(behaviour, "greedy_replies", lambda *a, **k: replies)
+
     class Judge(_Judge):
         def score(self, prompts, replies):
-            return [0.2] * len(prompts)
+            return [0.8, 0.9, 0.1]
 
     got = roleplay_eval(None, None, Judge(), rows)
-    rate = got["metrics"]["roleplay_refusal_rate"]
-    assert rate["value"] == pytest.approx(1 / 3) and rate["n"] == 3
-    old = {**got, "metrics": {"persona_rate": got["metrics"]["persona_rate"]}, "model": "m", "behaviour": "roleplay"}
+    m = got["metrics"]
+    assert m["persona_rate"]["value"] == pytest.approx(2 / 3)
+    assert m["roleplay_refusal_rate"]["value"] == pytest.approx(1 / 3) and m["roleplay_refusal_rate"]["n"] == 3
+    assert m["persona_rate_answering"]["value"] == 0.5 and m["persona_rate_answering"]["n"] == 2
+    old = {"metrics": {"persona_rate": m["persona_rate"]}, "replies": got["replies"], "model": "m",
+           "behaviour": "roleplay"}
     (tmp_path / "roleplay.json").write_text(json.dumps(old))
-    assert saved_behaviour("m", "roleplay", tmp_path, limit=3)["metrics"]["roleplay_refusal_rate"] == rate
+    assert saved_behaviour("m", "roleplay", tmp_path, limit=3)["metrics"] == json.loads(json.dumps(m))
 
 
 def test_evaluate_behaviour_writes_once_and_reuses(tiny_model_dir, tokenizer, tmp_path, monkeypatch):

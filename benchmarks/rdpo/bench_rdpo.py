@@ -215,6 +215,7 @@ COLS = {"safety": [("judge_harmful_rate", "judged harmful, plain"),
                        ("claim_refusal_rate", "refuses, claim questions"),
                        ("judge_harmful_rate", "judged harmful")] + COMMON,
         "roleplay": [("persona_rate", "plays the persona"), ("roleplay_refusal_rate", "refuses, role-play items"),
+                     ("persona_rate_answering", "plays the persona, when not refusing"),
                      ("judge_harmful_rate", "judged harmful")] + COMMON}
 
 
