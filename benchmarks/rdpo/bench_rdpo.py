@@ -224,7 +224,7 @@ def fmt(m: dict | None, key: str) -> str:
     v, lo, hi = e.get("value"), e.get("ci_low"), e.get("ci_high")
     if v is None:
         return "n/a"
-    if key.endswith("rate"):
+    if "_rate" in key:   # persona_rate_answering, persona_rate/bully too
         return f"{v:.1%} [{lo:.1%}, {hi:.1%}]" if lo is not None else f"{v:.1%}"
     f = "{:.2f}" if "perplexity" in key else "{:+.3f}"
     return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]" if lo is not None else f.format(v)
