@@ -134,15 +134,13 @@ def saved_behaviour(model_spec: str, behaviour: str, out_dir: str | Path, *, lim
     if not path.exists():
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
-    ids = [x["id"] for x in _items(behaviour)[:limit]]
-    same = saved.get("model") == model_spec and [r["id"] for r in saved.get("replies", [])] == ids
+    items = _items(behaviour)[:limit]
+    same = saved.get("model") == model_spec and [r["id"] for r in saved.get("replies", [])] == [x["id"] for x in items]
     if same and behaviour == "roleplay" and "persona_rate_answering" not in saved["metrics"]:
-        # written before the refusal rates were reported: they follow from the saved replies and scores (0.5:
-        # the verdict judges' threshold, the only one used before it was saved)
+        # written before the refusal rates were reported: they follow from the saved replies (in the items' order)
+        # and scores (0.5: the verdict judges' threshold, the only one used before it was saved)
         replies = saved["replies"]
-        category = {x["id"]: x["category"] for x in _items(behaviour)}
-        rows = [{"prompt": r["prompt"], "category": category[r["id"]]} for r in replies]
-        saved["metrics"] = roleplay_metrics(rows, [r["reply"] for r in replies], [r["in_persona"] for r in replies],
+        saved["metrics"] = roleplay_metrics(items, [r["reply"] for r in replies], [r["in_persona"] for r in replies],
                                             saved.get("threshold", 0.5))
     return saved if same else None
 

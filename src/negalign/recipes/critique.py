@@ -409,11 +409,16 @@ def quoted_revision(prompt: Messages, answer: str, critique: str, principle: str
     return QUOTED_REVISION.format(message=message, answer=answer, critique=critique, principle=principle)
 
 
+def system_turn(c: CritiqueConfig) -> Messages:
+    """The teacher's system turn, or none."""
+    return [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
+
+
 def revision_conversation(row: dict, preset: CritiquePreset, c: CritiqueConfig) -> Messages:
     """What the teacher is asked for the revision of `row` (its prompt, original and critique): the chat's
     first two turns and the revision request (revision_turn "chat"), or one quoted message ("quoted");
     after the system turn when one is set."""
-    system = [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
+    system = system_turn(c)
     if c.revision_turn == "quoted":
         return system + [{"role": "user", "content": quoted_revision(row["prompt"], row["original"], row["critique"],
                                                                      preset.principle)}]
@@ -427,11 +432,10 @@ def revision_conversation(row: dict, preset: CritiquePreset, c: CritiqueConfig) 
 def critique_chunk(teacher, prompts: list[CritiquePrompt], preset: CritiquePreset, c: CritiqueConfig,
                    seed: int) -> list[dict]:
     """Run the three teacher turns for a chunk of prompts (batched per turn); one row per prompt."""
-    system = [{"role": "system", "content": c.system_prompt}] if c.system_prompt else []
     critique_msg = render(preset.critique_request, principle=preset.principle)
     rows = [{"id": p.id, "prompt": p.prompt, "meta": p.meta, "status": OK, "reason": None,
              "original": None, "critique": None, "revision": None} for p in prompts]
-    convs = [system + p.prompt for p in prompts]
+    convs = [system_turn(c) + p.prompt for p in prompts]
 
     def turn(field: str, followup: str | None, max_new: int, k: int) -> None:
         live = [i for i, r in enumerate(rows) if r["status"] == OK]

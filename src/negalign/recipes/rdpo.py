@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,7 +293,8 @@ def refusing_revisions(rows: list[dict]) -> list[bool]:
     """Per critique row: whether the RefusalDetector calls its revision a refusal (an empty one counts)."""
     from negalign.evaluation.scorers import RefusalDetector
 
-    return [s > 0.5 for s in RefusalDetector().score([r["prompt"] for r in rows], [r["revision"] for r in rows])]
+    detector = RefusalDetector()
+    return [detector.is_refusal(r["revision"], r["prompt"]) for r in rows]
 
 
 # ---------------------------------------------------------------- training data
@@ -435,8 +437,7 @@ def stage_pairs(settings: RdpoSettings, rows: list[dict], *, scorer=None, log=pr
     stats.prompts = len(rows)
     stats.teacher = counts
     if early_drops:
-        reasons = [d["reason"] for d in early_drops]
-        stats.dropped = {**{k: reasons.count(k) for k in dict.fromkeys(reasons)}, **stats.dropped}
+        stats.dropped = {**Counter(d["reason"] for d in early_drops), **stats.dropped}
     write_jsonl(run.pairs, pairs)
     write_jsonl(run.pairs_dropped, early_drops + dropped)
     write_json(run.pairs_stats, {"fingerprint": key, "stats": asdict(stats)})
