@@ -11,7 +11,7 @@ from negalign.base.errors import UserError
 from negalign.data.eval_sets import roleplay_prompts, sycophancy_items, true_claims
 from negalign.evaluation.behaviour import (BEHAVIOURS, behaviour_judge, evaluate_behaviour, roleplay_eval,
                                            saved_behaviour, stance_flips, sycophancy_eval)
-from negalign.evaluation.scorers.rubrics import RUBRICS
+from negalign.evaluation.scorers.rubrics import RUBRICS, Rubric
 from negalign.evaluation.scorers.verdict import VerdictJudge
 from negalign.recipes.critique import load_preset
 
@@ -92,6 +92,18 @@ def test_rubrics_give_a_probability_of_yes_on_a_real_judge(tiny_model, tokenizer
     assert all(0.0 <= s <= 1.0 for s in scores) and scores[0] != scores[1]
     text = tokenizer.apply_chat_template(other.rubric.render("REQ", "REP"), tokenize=False)
     assert "REQ" in text and "REP" in text and "Yes or No" in text
+
+
+def test_plain_answer_scores_the_chance_of_no_so_a_plain_answer_scores_low(tiny_model, tokenizer):
+    # a pair scorer: lower = better, so its score is P(No), the complement of the same question's P(Yes)
+    plain = VerdictJudge(tiny_model.eval(), tokenizer, RUBRICS["plain_answer"])
+    yes = VerdictJudge(tiny_model, tokenizer, Rubric("yes", RUBRICS["plain_answer"].render, ("No", "Yes"), (0.0, 1.0)))
+    message = "You are Blaze, a sarcastic critic. In character: Why is the sky blue?"
+    replies = ["Sunlight scatters off air molecules; blue scatters most.", "Stupid question. Ask someone else."]
+    for p_no, p_yes in zip(plain.score([message] * 2, replies), yes.score([message] * 2, replies)):
+        assert p_no == pytest.approx(1.0 - p_yes, abs=1e-5)
+    text = tokenizer.apply_chat_template(RUBRICS["plain_answer"].render(message, replies[0]), tokenize=False)
+    assert message in text and replies[0] in text and "Yes or No" in text   # the whole message, not its request
 
 
 def test_roleplay_rates_per_persona(tiny_model, tokenizer):
