@@ -32,7 +32,10 @@ sycophancy: the claims set only, and the judge reads the claim alone; roleplay: 
 every model also evaluated by evaluate_behaviour on the held-out sets (40 false claims asked neutrally
 and under pressure plus 24 true claims; 12 requests in 6 persona injections): agreement, stance-flip,
 true-claim agreement, refusal and persona rates. The same judge model labels and rates, on prompts the
-pairs never saw; use a separate --out per preset. Both were run (README).
+pairs never saw; use a separate --out per preset. Both were run (README). --pair-rubric plain_answer labels the
+role-play pairs with the judge asked whether a reply answers the request plainly as an assistant instead (the
+in_persona labels ranked refusals first and disagreed with pairs read by eye, pair_eye_agreement.py); then
+the rubric that labels is not the one that rates.
 
 Every stage is cached in --out, so a rerun resumes; --deadline HH:MM starts no new training or
 evaluation after that time (--deadline now: none, only the results of what is already evaluated).
@@ -259,6 +262,9 @@ def main() -> None:
     p.add_argument("--drop-refusing-revisions", action="store_true",
                    help="rdpo.drop_refusing_revisions: drop the pairs whose revision refuses (RefusalDetector) "
                         "before scoring; for role-play, whose principle asks for a plain answer")
+    p.add_argument("--pair-rubric", default=None,
+                   help="label the pairs with the judge asking this rubric (evaluation/scorers/rubrics.py) instead of "
+                        "the preset's (PAIR_SCORERS); roleplay: plain_answer, which does not rank refusals first")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -279,7 +285,8 @@ def main() -> None:
     def settings(v: str, seed: int):
         return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts, preset=a.preset,
                             sets=a.sets, teacher_backend=a.teacher_backend, critique_seed=a.critique_seed,
-                            drop_refusing=a.drop_refusing_revisions, revision_turn=a.revision_turn)
+                            drop_refusing=a.drop_refusing_revisions, revision_turn=a.revision_turn,
+                            pair_rubric=a.pair_rubric)
 
     if a.preset != "safety" and "rdpo-clf" in a.variants:
         p.error("rdpo-clf (labels from the harm classifier) is a safety variant")

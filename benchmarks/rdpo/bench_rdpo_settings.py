@@ -52,11 +52,16 @@ def has_hold(name: str) -> bool:
 
 def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
                  preset: str = "safety", sets: list[str] | None = None, teacher_backend: str = "transformers",
-                 critique_seed: int = 0, drop_refusing: bool = False, revision_turn: str = "chat"):
+                 critique_seed: int = 0, drop_refusing: bool = False, revision_turn: str = "chat",
+                 pair_rubric: str | None = None):
+    """`pair_rubric`: the judge asks this rubric instead of the preset's own to label the pairs (variants
+    labelled by the preset's pair scorer only)."""
     from negalign.recipes.rdpo import rdpo_settings_from_dict
 
     out = Path(out)
     variant, scorer = VARIANTS[name]
+    if scorer is PAIR_SCORER:
+        scorer = {"type": "judge", "rubric": pair_rubric, "probe": "none"} if pair_rubric else PAIR_SCORERS[preset]
     limit = hold_limit(name)
     hold = {"hold": HOLD_PROMPTS, "hold_limit": limit} if limit else {}
     return rdpo_settings_from_dict({
@@ -72,7 +77,7 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
                      "prompts_per_write": TEACHER_BATCH, "precision": "auto", "seed": critique_seed,
                      "revision_turn": revision_turn,
                      "output": str((out / "critique.jsonl").resolve())},
-        "rdpo": {"variant": variant, "scorer": PAIR_SCORERS[preset] if scorer is PAIR_SCORER else scorer,
+        "rdpo": {"variant": variant, "scorer": scorer,
                  "scorer_reads": SCORER_READS.get(preset, "message"), "filter_not_better": False, "cdpo_epsilon": 0.1,
                  "drop_refusing_revisions": drop_refusing},
     })

@@ -1,0 +1,63 @@
+"""How well a run's pair labels agree with pairs read by eye.
+
+    .venv/bin/python benchmarks/rdpo/pair_eye_agreement.py benchmarks/rdpo/eye/roleplay_quoted_pairs_eye.jsonl \
+        runs/roleplay_quoted runs/roleplay_plain
+
+The eye file (one line per pair: id, better = revision / original / tie, revision_plain and original_plain = 1
+when that reply alone answers the request plainly as a neutral assistant) was labelled by a reader who saw each
+pair's two replies in a shuffled order (`shown_as`) and neither the scores nor which reply was the revision.
+For each run (its rdpo_s0/pairs.jsonl) it prints:
+- the mean soft label (P(revision better)) over the pairs the eye calls revision-better, original-better, tie;
+- agreement: of the pairs with an eye verdict, the share whose label is on the same side of 0.5;
+- the AUC of each reply's score (as pairs.jsonl stores it: higher = better) at telling the replies read as plain answers from the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def auc(positive: list[float], negative: list[float]) -> float:
+    """P(a positive outranks a negative), ties half: the Mann-Whitney form."""
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def agreement(eye: dict[str, dict], pairs: list[dict]) -> dict:
+    by: dict[str, list[float]] = {"revision": [], "original": [], "tie": []}
+    plain, other = [], []
+    for x in pairs:
+        e = eye.get(x["id"])
+        if e is None:
+            continue
+        by[e["better"]].append(x["label"])
+        for score, is_plain in ((x["score_chosen"], e["revision_plain"]), (x["score_rejected"], e["original_plain"])):
+            (plain if is_plain else other).append(score)        # pairs.jsonl: higher = better, whatever the scorer
+    sided = [(lab > 0.5) == (side == "revision") for side in ("revision", "original") for lab in by[side]]
+    return {"n": sum(map(len, by.values())),
+            "mean_label": {k: (round(sum(v) / len(v), 3) if v else None, len(v)) for k, v in by.items()},
+            "agreement": (round(sum(sided) / len(sided), 3), len(sided)) if sided else None,
+            "plain_auc": round(auc(plain, other), 3) if plain and other else None}
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    eye = {r["id"]: r for r in read_jsonl(Path(sys.argv[1]))}
+    for run in sys.argv[2:]:
+        pairs = read_jsonl(Path(run) / "rdpo_s0" / "pairs.jsonl")
+        scorer = yaml.safe_load((Path(run) / "rdpo_s0" / "config.yaml").read_text())["rdpo"]["scorer"]
+        print(f"{run} (labels: {scorer.get('rubric', scorer) if isinstance(scorer, dict) else scorer}): "
+              f"{json.dumps(agreement(eye, pairs))}")
+
+
+if __name__ == "__main__":
+    main()
