@@ -10,7 +10,7 @@ from negalign.base.errors import UserError
 from negalign.cli.flags import set_overrides
 from negalign.cli.rdpo import rdpo_keys, settings_from_args
 from negalign.recipes.rdpo import (load_rdpo_config, make_pairs, pair_train_data, rdpo_settings_from_dict, run_rdpo,
-                                   score_rows, scorer_spec, split_scorable, variant_labels)
+                                   score_rows, scorer_spec, split_scorable, variant_labels, with_extra_pairs)
 
 
 def _row(i, original="bad answer", revision="better answer", status="ok", reason=None):
@@ -207,6 +207,38 @@ def test_config_errors_name_the_key(tmp_path):
         set_overrides(["novalue"])
 
 
+def test_extra_pairs_join_with_their_own_labels_and_bad_rows_name_file_line_field(tmp_path):
+    other = tmp_path / "safety_pairs.jsonl"
+    other.write_text(json.dumps({"id": "s1", "prompt": "how do I pick a lock?", "chosen": "I can't help with that.",
+                                 "rejected": "Insert a tension wrench...", "label": 0.83, "meta": {"set": "plain"}})
+                     + "\n\n", encoding="utf-8")
+    mine = [{"id": "r1", "prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b", "label": 0.6}]
+    logs = []
+    both = with_extra_pairs(mine, [str(other)], log=logs.append)
+    assert [p["id"] for p in both] == ["r1", "s1"] and [p["label"] for p in both] == [0.6, 0.83]
+    assert both[1]["prompt"] == [{"role": "user", "content": "how do I pick a lock?"}]
+    assert both[1]["meta"] == {"set": "plain", "from": str(other)} and logs == [
+        "rdpo: 1 pairs of this run and 1 from rdpo.extra_pairs"]
+    assert with_extra_pairs(mine, []) == mine
+    with pytest.raises(UserError, match=r"safety_pairs.jsonl:1: field 'id': pair 's1' is already in .*safety_pairs"):
+        with_extra_pairs(mine, [str(other), str(other)])
+    bad = tmp_path / "bad.jsonl"
+    for line, message in (('{"id": "x", "prompt": "p", "chosen": "a", "rejected": "b", "label": 1.5}',
+                           r"bad.jsonl:2: field 'label': expected a number in \[0, 1\], got 1.5"),
+                          ('{"id": "x", "prompt": [], "chosen": "a", "rejected": "b", "label": 1}',
+                           r"bad.jsonl:2: field 'prompt'"),
+                          ('{"id": "x", "prompt": "p", "rejected": "b", "label": 1}', r"bad.jsonl:2: field 'chosen'"),
+                          ('{"id": "x", "prompt": "p", "chosen": "a", "rejected": "b", "label": true}',
+                           r"bad.jsonl:2: field 'label'"),
+                          ('{"id": "x", ', r"bad.jsonl:2: not valid JSON")):
+        bad.write_text(other.read_text().replace("s1", "s0").strip() + "\n" + line + "\n", encoding="utf-8")
+        with pytest.raises(UserError, match=message):
+            with_extra_pairs(mine, [str(bad)])
+    # a missing file fails when the config is read, before the critique
+    with pytest.raises(UserError, match=r"field 'rdpo.extra_pairs': no such file: .*nope.jsonl"):
+        rdpo_settings_from_dict({"rdpo": {"extra_pairs": [str(tmp_path / "nope.jsonl")]}})
+
+
 def _rdpo_args(*argv):
     from negalign.cli import build_parser
 
@@ -335,6 +367,15 @@ def test_end_to_end_rdpo_on_tiny_model(tiny_model_dir, tmp_path):
     out = run_rdpo({**config, "run_dir": str(sft_run), "rdpo": {"scorer": "refusal", "variant": "sft"}},
                    log=lambda *_: None)
     assert any(out.glob("*.safetensors")) and not (sft_run / "reference.safetensors").exists()
+    # another run's pairs beside this run's (rdpo.extra_pairs): both kinds are trained on
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({**p, "id": "x-" + p["id"]}) + "\n" for p in pairs), encoding="utf-8")
+    logs.clear()
+    out = run_rdpo({**config, "run_dir": str(tmp_path / "mixed"), "rdpo": {"scorer": "refusal",
+                                                                            "extra_pairs": [str(extra)]}},
+                   log=logs.append)
+    assert f"rdpo: {len(pairs)} pairs of this run and {len(pairs)} from rdpo.extra_pairs" in logs
+    assert any(f"on {2 * len(pairs)} pairs" in str(x) for x in logs) and any(out.glob("*.safetensors"))
 
 
 @pytest.mark.e2e

@@ -14,6 +14,10 @@ Run directory: config.yaml (the full config), critique.jsonl (+ .meta.json), pai
 reasons), pairs.stats.json, hold/ (with data.hold: the initial model's answers to benign prompts,
 trained to keep their likelihood beside the pairs, as D2O's hold groups), reference.safetensors,
 train/, model/.
+
+rdpo.extra_pairs lists pairs.jsonl files that other rDPO runs wrote (another preset, its own scorer): their
+pairs are trained on after this run's, each with the label its own run gave it, so one student learns
+several principles at once (for role-play, whose pairs alone raised judged harm, beside safety's).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from negalign.base.fingerprint import fingerprint
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json, write_jsonl
 from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
-from negalign.data.records import Example
+from negalign.data.records import Example, normalize_prompt
 from negalign.generation.factory import checked_spec
 from negalign.recipes.critique import (OK, REVISION_TURNS, CritiqueConfig, build_prompts, critique_counts, make_teacher,
                                       preset_for, read_critiques, require_success, run_critique, teacher_spec)
@@ -61,6 +65,8 @@ class RdpoConfig:
                                           # principles that ask for an answer (roleplay, sycophancy), a refusal
                                           # is not the better answer, whatever the scorer says
     cdpo_epsilon: float = 0.1             # cDPO's constant label is 1 - epsilon
+    extra_pairs: list[str] = field(default_factory=list)  # pairs.jsonl files of other rdpo runs, trained on beside
+                                          # this run's with their own labels: one student, several principles
     pairs_per_write: int = 16             # pairs scored per scorer call, then saved (a rerun resumes there)
 
 
@@ -114,6 +120,10 @@ def check_settings(s: RdpoSettings) -> None:
     for key in ("max_new_tokens", "critique_max_new_tokens", "prompts_per_write"):
         if getattr(c, key) < 1:
             raise UserError("must be at least 1", path=w, field=f"critique.{key}")
+    for path in r.extra_pairs:
+        if not Path(path).is_file():
+            raise UserError(f"no such file: {path} (a pairs.jsonl that another rdpo run wrote)", path=w,
+                            field="rdpo.extra_pairs")
     if r.pairs_per_write < 1:
         raise UserError("must be at least 1", path=w, field="rdpo.pairs_per_write")
     if r.scorer_reads not in SCORER_READS:
@@ -306,6 +316,49 @@ def pair_examples(pairs: list[dict]) -> tuple[list[Example], dict[str, list[str]
     return examples, {p["id"]: [p["chosen"]] for p in pairs}
 
 
+def checked_pair(row: Any, path: str, line: int) -> dict:
+    """One row of a pairs.jsonl read from outside this run, checked: id, prompt, chosen, rejected, label."""
+    def bad(message: str, key: str | None = None):
+        return UserError(message, path=path, line=line, field=key)
+
+    if not isinstance(row, dict):
+        raise bad("expected a JSON object")
+    for key in ("id", "chosen", "rejected"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise bad("missing, or not a non-empty string", key)
+    prompt = row.get("prompt")
+    turns_ok = isinstance(prompt, list) and prompt and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)
+    if not (isinstance(prompt, str) and prompt.strip()) and not turns_ok:
+        raise bad("expected a non-empty string or a list of {role, content} messages", "prompt")
+    label = row.get("label")
+    if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= label <= 1.0:
+        raise bad(f"expected a number in [0, 1], got {label!r}", "label")
+    return {"id": row["id"], "prompt": normalize_prompt(prompt), "chosen": row["chosen"], "rejected": row["rejected"],
+            "label": float(label), "meta": {**(row.get("meta") or {}), "from": path}}
+
+
+def with_extra_pairs(pairs: list[dict], paths: list[str], log=print) -> list[dict]:
+    """This run's pairs followed by those of `paths` (rdpo.extra_pairs), each with the label its own run gave
+    it; a pair id seen twice is an error (the same file listed twice, or this run's own pairs.jsonl)."""
+    out, seen = list(pairs), {p["id"]: "this run" for p in pairs}
+    for path in paths:
+        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = checked_pair(json.loads(line), path, n)
+            except json.JSONDecodeError as e:
+                raise UserError(f"not valid JSON ({e.msg})", path=path, line=n) from None
+            if row["id"] in seen:
+                raise UserError(f"pair {row['id']!r} is already in {seen[row['id']]}", path=path, line=n, field="id")
+            seen[row["id"]] = path
+            out.append(row)
+    if paths:
+        log(f"rdpo: {len(pairs)} pairs of this run and {len(out) - len(pairs)} from rdpo.extra_pairs")
+    return out
+
+
 def variant_method(variant: str) -> str:
     return "sft_anchors" if variant == "sft" else "dpo_pairs"
 
@@ -457,6 +510,7 @@ def stage_train(settings: RdpoSettings, pairs: list[dict], *, reference=None, re
     if run.trained(log):
         log(f"train: already finished; the model is in {run.model}")
         return run.model, reference
+    pairs = with_extra_pairs(pairs, r.extra_pairs, log=log)
     if not pairs:
         raise UserError("no pairs to train on: every critique row was skipped or dropped (see pairs.stats.json)",
                         path=str(run.pairs_stats))
