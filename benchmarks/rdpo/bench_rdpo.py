@@ -265,6 +265,9 @@ def main() -> None:
     p.add_argument("--pair-rubric", default=None,
                    help="label the pairs with the judge asking this rubric (evaluation/scorers/rubrics.py) instead of "
                         "the preset's (PAIR_SCORERS); roleplay: plain_answer, which does not rank refusals first")
+    p.add_argument("--extra-pairs", nargs="+", default=None, metavar="PAIRS_JSONL",
+                   help="rdpo.extra_pairs: other runs' pairs.jsonl (e.g. a safety run's) trained on beside this "
+                        "preset's pairs, with their own labels; give it its own --out")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -286,7 +289,7 @@ def main() -> None:
         return settings_for(out, v, seed, epochs=a.epochs, lr=a.lr, prompts=a.prompts, preset=a.preset,
                             sets=a.sets, teacher_backend=a.teacher_backend, critique_seed=a.critique_seed,
                             drop_refusing=a.drop_refusing_revisions, revision_turn=a.revision_turn,
-                            pair_rubric=a.pair_rubric)
+                            pair_rubric=a.pair_rubric, extra_pairs=a.extra_pairs)
 
     if a.preset != "safety" and "rdpo-clf" in a.variants:
         p.error("rdpo-clf (labels from the harm classifier) is a safety variant")

@@ -53,9 +53,10 @@ def has_hold(name: str) -> bool:
 def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5, prompts: int | None = None,
                  preset: str = "safety", sets: list[str] | None = None, teacher_backend: str = "transformers",
                  critique_seed: int = 0, drop_refusing: bool = False, revision_turn: str = "chat",
-                 pair_rubric: str | None = None):
+                 pair_rubric: str | None = None, extra_pairs: list[str] | None = None):
     """`pair_rubric`: the judge asks this rubric instead of the preset's own to label the pairs (variants
-    labelled by the preset's pair scorer only)."""
+    labelled by the preset's pair scorer only). `extra_pairs`: rdpo.extra_pairs, other runs' pairs.jsonl trained
+    on beside these."""
     from negalign.recipes.rdpo import rdpo_settings_from_dict
 
     out = Path(out)
@@ -79,5 +80,5 @@ def settings_for(out, name: str, seed: int, *, epochs: int = 2, lr: float = 2e-5
                      "output": str((out / "critique.jsonl").resolve())},
         "rdpo": {"variant": variant, "scorer": scorer,
                  "scorer_reads": SCORER_READS.get(preset, "message"), "filter_not_better": False, "cdpo_epsilon": 0.1,
-                 "drop_refusing_revisions": drop_refusing},
+                 "drop_refusing_revisions": drop_refusing, "extra_pairs": list(extra_pairs or [])},
     })
