@@ -95,6 +95,8 @@ def test_scores_are_oriented_higher_is_better():
     assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": "harm_classifier"}})) == ("harm_classifier", False)
     assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": "reward_model:/m"}})) == ("reward_model:/m", True)
     assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": {"type": "judge"}}}))[1] is False
+    assert scorer_spec(rdpo_settings_from_dict({"critique": {"preset": "roleplay"}})) == (
+        {"type": "judge", "rubric": "plain_answer", "probe": "none"}, False)
     with pytest.raises(UserError, match="no default scorer"):
         scorer_spec(rdpo_settings_from_dict({"critique": {"preset": "sycophancy"}}))
 

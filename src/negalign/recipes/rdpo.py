@@ -48,7 +48,9 @@ HIGHER_IS_BETTER = {"harm_classifier": False, "judge": False, "refusal": True, "
 # A preset's default scorer; presets without one need `rdpo.scorer` (a reward model or a judge).
 # safety: the offline judge, which agrees with pyrit's human labels (benchmarks/scorers); the MiniLM
 # harm classifier is blind to vague compliance and stays available as rdpo.scorer: harm_classifier.
-PRESET_SCORERS = {"safety": "judge"}
+# roleplay: the same judge asked plain_answer (does the reply answer plainly, as an assistant): its labels
+# agree with 21 of 25 pairs read by eye, in_persona's with 5 (it ranks refusals first; benchmarks/rdpo).
+PRESET_SCORERS = {"safety": "judge", "roleplay": {"type": "judge", "rubric": "plain_answer", "probe": "none"}}
 
 
 @dataclass
