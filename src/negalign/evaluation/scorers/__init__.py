@@ -15,8 +15,8 @@ make_scorer(spec) builds one from a config value:
   "judge" | {"type": "judge", "model": SPEC, "rubric": "harm15", "probe": "default", "batch_size": 8,
       "threshold": 0.5}: a VerdictJudge on a model name, folder or .gguf (rubrics: harm15,
       harm15_reply, guard for Llama-Guard-style models, yes_no_guard, and agrees_claim / in_persona,
-      P(Yes), for the sycophancy and roleplay evaluations; "answer_prefix" and "choices" adapt a
-      guard's answer format)
+      P(Yes), for the sycophancy and roleplay evaluations; plain_answer, P(No), the role-play
+      preset's pair labels; "answer_prefix" and "choices" adapt a guard's answer format)
   {"type": "judge", "generator": GEN, "max_new_tokens": 8}, where GEN is any generation spec
       (negalign.generation.factory): a ChatGenerator object, a model spec string for a local
       transformers model ("default", a folder, a .gguf), or {"base_url": "http://...", "model": "name"}
