@@ -336,8 +336,9 @@ def checked_pair(row: Any, path: str, line: int) -> dict:
     label = row.get("label")
     if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= label <= 1.0:
         raise bad(f"expected a number in [0, 1], got {label!r}", "label")
+    meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
     return {"id": row["id"], "prompt": normalize_prompt(prompt), "chosen": row["chosen"], "rejected": row["rejected"],
-            "label": float(label), "meta": {**(row.get("meta") or {}), "from": path}}
+            "label": float(label), "meta": {**meta, "from": path}}
 
 
 def with_extra_pairs(pairs: list[dict], paths: list[str], log=print) -> list[dict]:
