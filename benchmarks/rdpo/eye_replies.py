@@ -4,9 +4,10 @@
 
 The file has one line per held-out role-play reply (the 72 items of evaluation/behaviour.py, greedy, 64
 tokens) of each model: model, item, kind = plain / persona / refuses / other, correct (1: a substantially
-correct answer to the everyday request), why. The readers saw the replies of several models shuffled
-together, without the model's name, and no judge's score. Prints per model the rate of each kind and of
-correct answers, with 95 % bootstrap CIs, over all 72 items.
+correct answer to the everyday request), why, reader. Each batch of models was shuffled together and
+split between readers, who saw neither the model's name nor a judge's score; the base model is read again
+in every later batch (base_batch2, ...), so the readers' drift between batches shows. Prints per model
+the rate of each kind and of correct answers, with 95 % bootstrap CIs, over all 72 items.
 """
 
 from __future__ import annotations
