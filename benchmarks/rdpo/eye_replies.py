@@ -5,7 +5,8 @@
 The file has one line per held-out role-play reply (the 72 items of evaluation/behaviour.py, greedy, 64
 tokens) of each model: model, item, kind = plain / persona / refuses / other, correct (1: a substantially
 correct answer to the everyday request), why, reader. Each batch of models was shuffled together and
-split between readers, who saw neither the model's name nor a judge's score; the base model is read again
+split between readers (helper agents, language-model sessions told to read each row, not human
+annotators), who saw neither the model's name nor a judge's score; the base model is read again
 in every later batch (base_batch2, ...), so the readers' drift between batches shows. Prints per model
 the rate of each kind and of correct answers, with 95 % bootstrap CIs, over all 72 items.
 """

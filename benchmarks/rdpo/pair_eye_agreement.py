@@ -4,8 +4,9 @@
         runs/roleplay_quoted runs/roleplay_plain
 
 The eye file (one line per pair: id, better = revision / original / tie, revision_plain and original_plain = 1
-when that reply alone answers the request plainly as a neutral assistant) was labelled by a reader who saw each
-pair's two replies in a shuffled order (`shown_as`) and neither the scores nor which reply was the revision.
+when that reply alone answers the request plainly as a neutral assistant) was labelled by a reader (a helper
+agent, a language-model session told to read each row itself; not a human annotator) who saw each pair's two
+replies in a shuffled order (`shown_as`) and neither the scores nor which reply was the revision.
 For each run (its rdpo_s0/pairs.jsonl) it prints:
 - the mean soft label (P(revision better)) over the pairs the eye calls revision-better, original-better, tie;
 - agreement: of the pairs with an eye verdict, the share whose label is on the same side of 0.5;
