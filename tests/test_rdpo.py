@@ -232,7 +232,7 @@ def test_extra_pairs_join_with_their_own_labels_and_bad_rows_name_file_line_fiel
                           ('{"id": "x", "prompt": "p", "rejected": "b", "label": 1}', r"bad.jsonl:2: field 'chosen'"),
                           ('{"id": "x", "prompt": "p", "chosen": "a", "rejected": "b", "label": true}',
                            r"bad.jsonl:2: field 'label'"),
-                          ('{"id": "x", ', r"bad.jsonl:2: not valid JSON")):
+                          ('{"id": "x", ', r"bad.jsonl:2: invalid JSON")):
         bad.write_text(other.read_text().replace("s1", "s0").strip() + "\n" + line + "\n", encoding="utf-8")
         with pytest.raises(UserError, match=message):
             with_extra_pairs(mine, [str(bad)])

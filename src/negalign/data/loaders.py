@@ -174,6 +174,13 @@ def _read_jsonl(path: Path) -> Iterator[tuple[_Where, dict]]:
         yield _Where(line=i), row
 
 
+def jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """A JSONL file's objects with their line numbers, for rows of another shape than a dataset's (e.g. rDPO
+    pairs); a bad line, or one that is not an object, is a UserError naming the file and line."""
+    for where, row in _read_jsonl(Path(path)):
+        yield where.line, row
+
+
 def _read_json(path: Path) -> Iterator[tuple[_Where, dict]]:
     text = _decode(path, _read_bytes(path))
     try:

@@ -36,7 +36,9 @@ from negalign.base.fingerprint import fingerprint
 from negalign.base.io import JsonlAppender, read_jsonl_tolerant, write_json, write_jsonl
 from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
-from negalign.data.records import Example, normalize_prompt
+from negalign.data.dataset_presets import RowProblem, check_prompt, check_response
+from negalign.data.loaders import jsonl_objects
+from negalign.data.records import Example
 from negalign.generation.factory import checked_spec
 from negalign.recipes.critique import (OK, REVISION_TURNS, CritiqueConfig, build_prompts, critique_counts, make_teacher,
                                       preset_for, read_critiques, require_success, run_critique, teacher_spec)
@@ -318,27 +320,22 @@ def pair_examples(pairs: list[dict]) -> tuple[list[Example], dict[str, list[str]
     return examples, {p["id"]: [p["chosen"]] for p in pairs}
 
 
-def checked_pair(row: Any, path: str, line: int) -> dict:
-    """One row of a pairs.jsonl read from outside this run, checked: id, prompt, chosen, rejected, label."""
-    def bad(message: str, key: str | None = None):
-        return UserError(message, path=path, line=line, field=key)
-
-    if not isinstance(row, dict):
-        raise bad("expected a JSON object")
-    for key in ("id", "chosen", "rejected"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
-            raise bad("missing, or not a non-empty string", key)
-    prompt = row.get("prompt")
-    turns_ok = isinstance(prompt, list) and prompt and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)
-    if not (isinstance(prompt, str) and prompt.strip()) and not turns_ok:
-        raise bad("expected a non-empty string or a list of {role, content} messages", "prompt")
+def checked_pair(row: dict, path: str, line: int) -> dict:
+    """One row of a pairs.jsonl read from outside this run: prompt, chosen and rejected checked as a dataset's
+    rows are (data.dataset_presets), a string id and a label in [0, 1]."""
+    try:
+        prompt = check_prompt(row.get("prompt"))
+        chosen, rejected = check_response(row.get("chosen"), "chosen"), check_response(row.get("rejected"), "rejected")
+    except RowProblem as e:
+        raise UserError(e.message, path=path, line=line, field=e.field) from None
+    if not isinstance(row.get("id"), str) or not row["id"].strip():
+        raise UserError("missing, or not a non-empty string", path=path, line=line, field="id")
     label = row.get("label")
     if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= label <= 1.0:
-        raise bad(f"expected a number in [0, 1], got {label!r}", "label")
+        raise UserError(f"expected a number in [0, 1], got {label!r}", path=path, line=line, field="label")
     meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
-    return {"id": row["id"], "prompt": normalize_prompt(prompt), "chosen": row["chosen"], "rejected": row["rejected"],
-            "label": float(label), "meta": {**meta, "from": path}}
+    return {"id": row["id"], "prompt": prompt, "chosen": chosen, "rejected": rejected, "label": float(label),
+            "meta": {**meta, "from": path}}
 
 
 def with_extra_pairs(pairs: list[dict], paths: list[str], log=print) -> list[dict]:
@@ -346,13 +343,8 @@ def with_extra_pairs(pairs: list[dict], paths: list[str], log=print) -> list[dic
     it; a pair id seen twice is an error (the same file listed twice, or this run's own pairs.jsonl)."""
     out, seen = list(pairs), {p["id"]: "this run" for p in pairs}
     for path in paths:
-        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = checked_pair(json.loads(line), path, n)
-            except json.JSONDecodeError as e:
-                raise UserError(f"not valid JSON ({e.msg})", path=path, line=n) from None
+        for n, obj in jsonl_objects(path):
+            row = checked_pair(obj, path, n)
             if row["id"] in seen:
                 raise UserError(f"pair {row['id']!r} is already in {seen[row['id']]}", path=path, line=n, field="id")
             seen[row["id"]] = path
