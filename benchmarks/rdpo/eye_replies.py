@@ -13,10 +13,8 @@ the rate of each kind and of correct answers, with 95 % bootstrap CIs, over all 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 KINDS = ("plain", "persona", "refuses", "other")
 
@@ -32,11 +30,11 @@ def rates(rows: list[dict]) -> dict[str, dict]:
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
+    from negalign.base.io import read_jsonl_tolerant
+
     by_model: dict[str, list[dict]] = defaultdict(list)
-    for line in Path(sys.argv[1]).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_model[row["model"]].append(row)
+    for row in read_jsonl_tolerant(sys.argv[1]):
+        by_model[row["model"]].append(row)
     print("| model | n | " + " | ".join(KINDS) + " | correct |")
     print("|---" * (len(KINDS) + 3) + "|")
     for model, rows in by_model.items():

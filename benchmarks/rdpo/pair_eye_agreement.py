@@ -19,17 +19,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scorers"))
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def auc(positive: list[float], negative: list[float]) -> float:
-    """P(a positive outranks a negative), ties half: the Mann-Whitney form."""
-    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
-    return wins / (len(positive) * len(negative))
+from judge_probe import auc  # noqa: E402
 
 
 def agreement(eye: dict[str, dict], pairs: list[dict]) -> dict:
@@ -46,15 +41,18 @@ def agreement(eye: dict[str, dict], pairs: list[dict]) -> dict:
     return {"n": sum(map(len, by.values())),
             "mean_label": {k: (round(sum(v) / len(v), 3) if v else None, len(v)) for k, v in by.items()},
             "agreement": (round(sum(sided) / len(sided), 3), len(sided)) if sided else None,
-            "plain_auc": round(auc(plain, other), 3) if plain and other else None}
+            "plain_auc": round(auc(np.array([1] * len(plain) + [0] * len(other)), np.array(plain + other)), 3)
+            if plain and other else None}
 
 
 def main() -> None:
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    eye = {r["id"]: r for r in read_jsonl(Path(sys.argv[1]))}
+    from negalign.base.io import read_jsonl_tolerant
+
+    eye = {r["id"]: r for r in read_jsonl_tolerant(sys.argv[1])}
     for run in sys.argv[2:]:
-        pairs = read_jsonl(Path(run) / "rdpo_s0" / "pairs.jsonl")
+        pairs = read_jsonl_tolerant(Path(run) / "rdpo_s0" / "pairs.jsonl")
         scorer = yaml.safe_load((Path(run) / "rdpo_s0" / "config.yaml").read_text())["rdpo"]["scorer"]
         print(f"{run} (labels: {scorer.get('rubric', scorer) if isinstance(scorer, dict) else scorer}): "
               f"{json.dumps(agreement(eye, pairs))}")
