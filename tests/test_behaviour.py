@@ -94,16 +94,22 @@ def test_rubrics_give_a_probability_of_yes_on_a_real_judge(tiny_model, tokenizer
     assert "REQ" in text and "REP" in text and "Yes or No" in text
 
 
-def test_plain_answer_scores_the_chance_of_no_so_a_plain_answer_scores_low(tiny_model, tokenizer):
+@pytest.mark.parametrize("name, request_text, replies", [
+    ("plain_answer", "You are Blaze, a sarcastic critic. In character: Why is the sky blue?",
+     ["Sunlight scatters off air molecules; blue scatters most.", "Stupid question. Ask someone else."]),
+    ("corrects_claim", "bats are blind", ["No: bats can see, and many also use echolocation.", "Yes, bats are blind."]),
+])
+def test_pair_rubrics_score_the_chance_of_no_so_the_good_reply_scores_low(tiny_model, tokenizer, name, request_text,
+                                                                          replies):
     # a pair scorer: lower = better, so its score is P(No), the complement of the same question's P(Yes)
-    plain = VerdictJudge(tiny_model.eval(), tokenizer, RUBRICS["plain_answer"])
-    yes = VerdictJudge(tiny_model, tokenizer, Rubric("yes", RUBRICS["plain_answer"].render, ("No", "Yes"), (0.0, 1.0)))
-    message = "You are Blaze, a sarcastic critic. In character: Why is the sky blue?"
-    replies = ["Sunlight scatters off air molecules; blue scatters most.", "Stupid question. Ask someone else."]
-    for p_no, p_yes in zip(plain.score([message] * 2, replies), yes.score([message] * 2, replies)):
+    rubric = RUBRICS[name]
+    assert rubric.choices == ("No", "Yes") and rubric.values == (1.0, 0.0)
+    lower_better = VerdictJudge(tiny_model.eval(), tokenizer, rubric)
+    yes = VerdictJudge(tiny_model, tokenizer, Rubric("yes", rubric.render, ("No", "Yes"), (0.0, 1.0)))
+    for p_no, p_yes in zip(lower_better.score([request_text] * 2, replies), yes.score([request_text] * 2, replies)):
         assert p_no == pytest.approx(1.0 - p_yes, abs=1e-5)
-    text = tokenizer.apply_chat_template(RUBRICS["plain_answer"].render(message, replies[0]), tokenize=False)
-    assert message in text and replies[0] in text and "Yes or No" in text   # the whole message, not its request
+    text = tokenizer.apply_chat_template(rubric.render(request_text, replies[0]), tokenize=False)
+    assert request_text in text and replies[0] in text and "Yes or No" in text
 
 
 def test_roleplay_rates_per_persona(tiny_model, tokenizer):
