@@ -212,3 +212,13 @@ def test_factory_builds_it_with_every_key_it_names():
     g = make_generator({"backend": "llamacpp", "model": "default", "batch_size": 4, "threads": 1,
                         "prefill_tokens": 64, "context_per_row": 512})
     assert isinstance(g, LlamaCppGenerator) and (g.batch_size, g.threads, g.context_per_row) == (4, 1, 512)
+
+
+def test_extra_buffers_are_off_on_a_cpu_with_amx():
+    # llama.cpp's AMX kernels segfaulted in the first decode on a Sapphire Rapids VM; a pure function, no library
+    from negalign.generation.llamacpp_backend import uses_extra_buffers
+
+    assert uses_extra_buffers({"avx2", "fma", "f16c"})
+    assert uses_extra_buffers({"avx512f", "avx512_bf16", "avx512_vnni"})
+    assert not uses_extra_buffers({"avx512f", "amx_tile", "amx_int8", "amx_bf16"})
+    assert not uses_extra_buffers({"avx2", "amx_int8"})

@@ -75,6 +75,30 @@ def _llama():
     return llama_cpp
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+
+
+def uses_extra_buffers(flags: set[str]) -> bool:
+    """Whether llama.cpp may move weights into its extra buffer types (the AMX and repacked layouts).
+    Not on a CPU with AMX: llama.cpp's AMX matmul crashed (segfault) in the first decode on a 2-core
+    Sapphire Rapids VM, for the 135M's Q8_0 and the 1.5B's Q4_K_M alike (llama.cpp issue 20824);
+    without the extra buffers the same build runs there."""
+    return not flags & {"amx_int8", "amx_tile", "amx_bf16"}
+
+
+def model_params(L):
+    """llama.cpp's default model parameters, with the extra buffers off where they crash."""
+    params = L.llama_model_default_params()
+    params.use_extra_bufts = uses_extra_buffers(cpu_flags())
+    return params
+
+
 def runnable_gguf(path: Path, threads: int = 1) -> Path:
     """The file llama.cpp runs for a GGUF file: for the bundled 135M model's a Q8_0 copy, written once
     into the cache (about 2 s), for any other the file itself."""
@@ -128,7 +152,7 @@ class LlamaCppGenerator:
         self.prefill_tokens = prefill_tokens
         self.last_stats = GenerationStats()
         self.L.llama_backend_init()
-        self._model = self.L.llama_model_load_from_file(str(self.path).encode(), self.L.llama_model_default_params())
+        self._model = self.L.llama_model_load_from_file(str(self.path).encode(), model_params(self.L))
         if not self._model:
             raise UserError("llama.cpp cannot load this file", path=str(self.path))
         vocab = self.L.llama_model_get_vocab(self._model)
