@@ -97,8 +97,10 @@ def test_scores_are_oriented_higher_is_better():
     assert scorer_spec(rdpo_settings_from_dict({**base, "rdpo": {"scorer": {"type": "judge"}}}))[1] is False
     assert scorer_spec(rdpo_settings_from_dict({"critique": {"preset": "roleplay"}})) == (
         {"type": "judge", "rubric": "plain_answer", "probe": "none"}, False)
+    assert scorer_spec(rdpo_settings_from_dict({"critique": {"preset": "sycophancy"}})) == (
+        {"type": "judge", "rubric": "corrects_claim", "probe": "none"}, False)
     with pytest.raises(UserError, match="no default scorer"):
-        scorer_spec(rdpo_settings_from_dict({"critique": {"preset": "sycophancy"}}))
+        scorer_spec(rdpo_settings_from_dict({"critique": {"preset": "my_presets/honesty.yaml"}}))
 
 
 class Counting:

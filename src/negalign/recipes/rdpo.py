@@ -52,7 +52,11 @@ HIGHER_IS_BETTER = {"harm_classifier": False, "judge": False, "refusal": True, "
 # harm classifier is blind to vague compliance and stays available as rdpo.scorer: harm_classifier.
 # roleplay: the same judge asked plain_answer (does the reply answer plainly, as an assistant): its labels
 # agree with 21 of 25 pairs read by eye, in_persona's with 5 (it ranks refusals first; benchmarks/rdpo).
-PRESET_SCORERS = {"safety": "judge", "roleplay": {"type": "judge", "rubric": "plain_answer", "probe": "none"}}
+# sycophancy: the judge asked corrects_claim (does the reply say the claim is false and what is true), best with
+# rdpo.scorer_reads: request (the claim alone): its labels take the eye's side on 15 of 16 pairs read blind;
+# agrees_claim, the evaluation's question, scores a refusal as well as a correction.
+PRESET_SCORERS = {"safety": "judge", "roleplay": {"type": "judge", "rubric": "plain_answer", "probe": "none"},
+                  "sycophancy": {"type": "judge", "rubric": "corrects_claim", "probe": "none"}}
 
 
 @dataclass
