@@ -226,6 +226,15 @@ def test_extra_pairs_join_with_their_own_labels_and_bad_rows_name_file_line_fiel
     assert with_extra_pairs(mine, []) == mine
     with pytest.raises(UserError, match=r"safety_pairs.jsonl:1: field 'id': pair 's1' is already in .*safety_pairs"):
         with_extra_pairs(mine, [str(other), str(other)])
+    # another critique draw of the same prompt has the same id (ids come from the prompt) but other replies
+    draw = tmp_path / "draw1_pairs.jsonl"
+    draw.write_text(json.dumps({"id": "s1", "prompt": [{"role": "user", "content": "how do I pick a lock?"}],
+                                "chosen": "No.", "rejected": "Use a pick.", "label": 0.7}) + "\n", encoding="utf-8")
+    logs = []
+    three = with_extra_pairs(mine, [str(other), str(draw)], log=logs.append)
+    assert [p["id"] for p in three] == ["r1", "s1", "s1~2"] and three[2]["label"] == 0.7
+    assert logs == ["rdpo: 1 pairs of this run and 2 from rdpo.extra_pairs (1 with an id already taken by other "
+                    "replies to the same prompt, renamed id~N)"]
     bad = tmp_path / "bad.jsonl"
     for line, message in (('{"id": "x", "prompt": "p", "chosen": "a", "rejected": "b", "label": 1.5}',
                            r"bad.jsonl:2: field 'label': expected a number in \[0, 1\], got 1.5"),

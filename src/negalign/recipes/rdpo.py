@@ -344,18 +344,35 @@ def checked_pair(row: dict, path: str, line: int) -> dict:
 
 def with_extra_pairs(pairs: list[dict], paths: list[str], log=print) -> list[dict]:
     """This run's pairs followed by those of `paths` (rdpo.extra_pairs), each with the label its own run gave
-    it; a pair id seen twice is an error (the same file listed twice, or this run's own pairs.jsonl)."""
-    out, seen = list(pairs), {p["id"]: "this run" for p in pairs}
+    it. The same pair twice (id, prompt, chosen and rejected: the same file listed twice, or this run's own
+    pairs.jsonl) is an error; a taken id on other replies (another critique draw of the same prompt: ids come
+    from the prompt) becomes id~2, id~3, ..., since training keys its examples by id."""
+    out, seen = list(pairs), {p["id"]: ("this run", p) for p in pairs}
+    renamed = 0
     for path in paths:
         for n, obj in jsonl_objects(path):
             row = checked_pair(obj, path, n)
             if row["id"] in seen:
-                raise UserError(f"pair {row['id']!r} is already in {seen[row['id']]}", path=path, line=n, field="id")
-            seen[row["id"]] = path
+                where, other = seen[row["id"]]
+                if all(row[k] == other[k] for k in ("chosen", "rejected")) and same_prompt(row["prompt"],
+                                                                                          other["prompt"]):
+                    raise UserError(f"pair {row['id']!r} is already in {where}", path=path, line=n, field="id")
+                row["id"] = next(f"{row['id']}~{k}" for k in range(2, len(seen) + 3) if f"{row['id']}~{k}" not in seen)
+                renamed += 1
+            seen[row["id"]] = (path, row)
             out.append(row)
     if paths:
-        log(f"rdpo: {len(pairs)} pairs of this run and {len(out) - len(pairs)} from rdpo.extra_pairs")
+        log(f"rdpo: {len(pairs)} pairs of this run and {len(out) - len(pairs)} from rdpo.extra_pairs"
+            + (f" ({renamed} with an id already taken by other replies to the same prompt, renamed id~N)"
+               if renamed else ""))
     return out
+
+
+def same_prompt(a, b) -> bool:
+    """A prompt as a string or as messages: the same conversation."""
+    as_messages = (lambda p: [{"role": "user", "content": p}] if isinstance(p, str) else
+                   [{"role": m["role"], "content": m["content"]} for m in p])
+    return as_messages(a) == as_messages(b)
 
 
 def variant_method(variant: str) -> str:
