@@ -408,3 +408,22 @@ def test_rdpo_with_hold_groups_samples_the_initial_model_and_trains(tiny_model_d
     assert all(math.isfinite(m["loss"]) for m in metrics)
     # step 1 runs the initial model, which is the reference (scored in bf16): every row, pair or hold, is at log 2
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=0.02)
+
+
+def test_an_rdpo_run_directory_can_be_evaluated_and_says_what_it_trained(tmp_path):
+    # `negalign evaluate RUN_DIR` reads the run's config.yaml, which for rDPO has critique and rdpo sections too
+    import yaml
+
+    from negalign.base.rundir import RunDir
+    from negalign.cli.evaluate import own_run_config
+    from negalign.training.model_card import model_card
+
+    settings = rdpo_settings_from_dict({"run_dir": str(tmp_path), "critique": {"preset": "sycophancy"},
+                                        "rdpo": {"variant": "sft"}})
+    assert settings.cfg.train.method == "sft_anchors"      # the snapshot says what the variant trains with
+    run = RunDir(tmp_path)
+    run.config.write_text(yaml.safe_dump(settings.to_dict()), encoding="utf-8")
+    cfg = own_run_config(run, str(run.model), None)
+    assert cfg.train.method == "sft_anchors" and cfg.run_dir == str(tmp_path)
+    run.pairs.write_text("", encoding="utf-8")
+    assert f"negalign rdpo -c {run.config}" in model_card(cfg, tmp_path)

@@ -94,9 +94,17 @@ def evaluate_behaviours(spec: str, behaviours: list[str], out) -> None:
 def own_run_config(run: RunDir, spec: str, out: str | None):
     """The config of the run directory whose model is evaluated into its own eval/; else None."""
     if spec == str(run.model) and (out is None or Path(out) == run.eval_dir) and run.config.exists():
-        from negalign.config import load_config
+        from negalign.config import config_from_dict, read_yaml_mapping
 
-        return load_config(run.config)
+        values = read_yaml_mapping(run.config)
+        rdpo = values.pop("rdpo", None)   # an rDPO run's snapshot: its Config sections plus critique and rdpo
+        values.pop("critique", None)
+        cfg = config_from_dict(values, str(run.config))
+        if isinstance(rdpo, dict):
+            from negalign.recipes.rdpo import variant_method
+
+            cfg.train.method = variant_method(rdpo.get("variant") or "rdpo")   # what it trained with
+        return cfg
     return None
 
 

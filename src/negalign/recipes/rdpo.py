@@ -102,6 +102,7 @@ def rdpo_settings_from_dict(values: dict, where: str | None = None) -> RdpoSetti
     settings = RdpoSettings(cfg, config_module.build_section(CritiqueConfig, crit, "critique", where),
                             config_module.build_section(RdpoConfig, rd, "rdpo", where), where)
     check_settings(settings)
+    settings.cfg.train.method = variant_method(settings.rdpo.variant)   # so the run's config.yaml says it
     return settings
 
 

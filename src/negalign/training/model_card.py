@@ -130,7 +130,7 @@ def model_card(cfg: Config, run_dir: str | Path) -> str:
     lines = ["---", f"base_model: {base}", "library_name: transformers", "tags:", "- negalign",
              f"- {t.method}", "---", "", f"# {run.root.name}: {t.method} on {base}", "",
              f"Trained with negalign {__version__} from `{cfg.model.name}`. Reproduce:", "",
-             f"    negalign run -c {run.config}", "", "## Training", ""] + _table(settings)
+             f"    negalign {'rdpo' if run.pairs.exists() else 'run'} -c {run.config}", "", "## Training", ""] + _table(settings)
     lines += ["", "## Data", ""] + _table(data) + ["", "## Anchors", ""] + anchor_lines(cfg, run)
     lines += ["", "## Training curve", ""] + curve_lines(metrics) + ["", "## Evaluation", ""] + eval_lines(run)
     return "\n".join(str(x) for x in lines) + "\n"
