@@ -38,7 +38,7 @@ from negalign.base.rundir import RunDir
 from negalign.config import Config, config_from_dict
 from negalign.data.dataset_presets import RowProblem, check_prompt, check_response
 from negalign.data.loaders import jsonl_objects
-from negalign.data.records import Example
+from negalign.data.records import Example, normalize_prompt
 from negalign.generation.factory import checked_spec
 from negalign.recipes.critique import (OK, REVISION_TURNS, CritiqueConfig, build_prompts, critique_counts, make_teacher,
                                       preset_for, read_critiques, require_success, run_critique, teacher_spec)
@@ -355,8 +355,8 @@ def with_extra_pairs(pairs: list[dict], paths: list[str], log=print) -> list[dic
             row = checked_pair(obj, path, n)
             if row["id"] in seen:
                 where, other = seen[row["id"]]
-                if all(row[k] == other[k] for k in ("chosen", "rejected")) and same_prompt(row["prompt"],
-                                                                                          other["prompt"]):
+                if all(row[k] == other[k] for k in ("chosen", "rejected")) and row["prompt"] == normalize_prompt(
+                        other["prompt"]):   # row's prompt is already messages (check_prompt)
                     raise UserError(f"pair {row['id']!r} is already in {where}", path=path, line=n, field="id")
                 row["id"] = next(f"{row['id']}~{k}" for k in range(2, len(seen) + 3) if f"{row['id']}~{k}" not in seen)
                 renamed += 1
@@ -367,13 +367,6 @@ def with_extra_pairs(pairs: list[dict], paths: list[str], log=print) -> list[dic
             + (f" ({renamed} with an id already taken by other replies to the same prompt, renamed id~N)"
                if renamed else ""))
     return out
-
-
-def same_prompt(a, b) -> bool:
-    """A prompt as a string or as messages: the same conversation."""
-    as_messages = (lambda p: [{"role": "user", "content": p}] if isinstance(p, str) else
-                   [{"role": m["role"], "content": m["content"]} for m in p])
-    return as_messages(a) == as_messages(b)
 
 
 def variant_method(variant: str) -> str:

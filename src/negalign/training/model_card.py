@@ -120,6 +120,7 @@ def model_card(cfg: Config, run_dir: str | Path) -> str:
                       for e in examples)
     fingerprint = (_read_json(run.examples_meta) or {}).get("data_fingerprint", "n/a")
     metrics = _read_jsonl(run.metrics)
+    command = "rdpo" if run.pairs.exists() else "run"   # an rDPO run keeps its pairs.jsonl
     settings = [("method", t.method), ("beta", t.beta), ("alpha", t.alpha), ("learning rate", t.lr),
                 ("epochs", t.epochs), ("max steps", t.max_steps), ("groups per step", t.groups_per_step),
                 ("precision", precision_line(t.precision, metrics)),
@@ -130,7 +131,7 @@ def model_card(cfg: Config, run_dir: str | Path) -> str:
     lines = ["---", f"base_model: {base}", "library_name: transformers", "tags:", "- negalign",
              f"- {t.method}", "---", "", f"# {run.root.name}: {t.method} on {base}", "",
              f"Trained with negalign {__version__} from `{cfg.model.name}`. Reproduce:", "",
-             f"    negalign {'rdpo' if run.pairs.exists() else 'run'} -c {run.config}", "", "## Training", ""] + _table(settings)
+             f"    negalign {command} -c {run.config}", "", "## Training", ""] + _table(settings)
     lines += ["", "## Data", ""] + _table(data) + ["", "## Anchors", ""] + anchor_lines(cfg, run)
     lines += ["", "## Training curve", ""] + curve_lines(metrics) + ["", "## Evaluation", ""] + eval_lines(run)
     return "\n".join(str(x) for x in lines) + "\n"
